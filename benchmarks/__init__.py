@@ -1,0 +1,1 @@
+"""Latency and quality benchmarks; committed results live in `results/`."""

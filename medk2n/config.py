@@ -1,0 +1,268 @@
+"""Typed configuration, serialised with every checkpoint and bundle.
+
+One `ExperimentConfig` holds everything needed to rebuild a model and its
+preprocessing: the modality vocabulary, per-modality normalisation, model
+sizes, ablation switches, loss weights and the training schedule. Presets are
+plain functions; a YAML/JSON file overrides any subset of fields, and unknown
+keys are an error that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medk2n.errors import ConfigError
+
+DEFAULT_MODALITIES = ("t1", "t1c", "t2", "flair", "pd", "dwi", "adc")
+
+# Human-readable descriptions of each contrast; CMIM embeds these texts once
+# with a sentence-embedding model and keeps the vectors in the checkpoint.
+MODALITY_DESCRIPTIONS = {
+    "t1": "T1-weighted MRI: white matter bright, grey matter darker, cerebrospinal fluid dark",
+    "t1c": "contrast-enhanced T1-weighted MRI with gadolinium: enhancing lesions and vessels bright",
+    "t2": "T2-weighted MRI: cerebrospinal fluid bright, white matter dark, oedema bright",
+    "flair": "FLAIR MRI: T2-weighted with fluid suppressed, cerebrospinal fluid dark, lesions bright",
+    "pd": "proton density weighted MRI: contrast follows water content, grey matter brighter than white matter",
+    "dwi": "diffusion-weighted MRI at b=1000: acute infarcts bright, cerebrospinal fluid dark",
+    "adc": "apparent diffusion coefficient map: free water bright, acute infarcts dark",
+}
+
+
+@dataclass
+class NormSpec:
+    """How one modality is scaled to [0, 1].
+
+    kind="percentile": per-volume `low`..`high` percentiles inside the volume's
+    non-zero voxels map to 0..1 (weighted images have no absolute scale).
+    kind="range": the fixed physical interval `low`..`high` maps to 0..1 (ADC
+    in 1e-6 mm^2/s, as ISLES ships it), so a synthesised map comes back in
+    physical units.
+    """
+
+    kind: str = "percentile"
+    low: float = 0.5
+    high: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("percentile", "range"):
+            raise ConfigError(f"normalisation kind must be 'percentile' or 'range', got {self.kind!r}")
+        if not self.high > self.low:
+            raise ConfigError(f"normalisation needs high > low, got {self.low}..{self.high}")
+
+
+def default_normalization() -> dict[str, NormSpec]:
+    norms = {m: NormSpec() for m in DEFAULT_MODALITIES}
+    norms["adc"] = NormSpec(kind="range", low=0.0, high=4000.0)
+    return norms
+
+
+# Paper ablation ladder (Med-K2N, Table of ablations): each step adds one module.
+ABLATIONS: dict[str, dict[str, bool]] = {
+    "B0": dict(multiscale=False, task_memory=False, preweight=False, threshold=False, effiweight=False, cmim=False),
+    "B1": dict(multiscale=True, task_memory=True, preweight=False, threshold=False, effiweight=False, cmim=False),
+    "B2": dict(multiscale=True, task_memory=True, preweight=True, threshold=False, effiweight=False, cmim=False),
+    "B3": dict(multiscale=True, task_memory=True, preweight=True, threshold=True, effiweight=False, cmim=False),
+    "B4": dict(multiscale=True, task_memory=True, preweight=True, threshold=True, effiweight=True, cmim=False),
+    "B5": dict(multiscale=True, task_memory=True, preweight=True, threshold=True, effiweight=True, cmim=True),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. `modalities` is the id vocabulary: id i <-> modalities[i]."""
+
+    arch: str = "medk2n"  # "medk2n" | "unet" (baseline)
+    modalities: list[str] = field(default_factory=lambda: list(DEFAULT_MODALITIES))
+    normalization: dict[str, NormSpec] = field(default_factory=default_normalization)
+    image_size: int = 256
+    # Encoder: "hiera_t" (SAM2.1 Hiera-tiny), "hiera_b+" (base-plus) or
+    # "hiera_micro" (a 4-block Hiera for CPU tests and the demo).
+    encoder: str = "hiera_t"
+    encoder_checkpoint: str | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    feature_dim: int = 256  # FPN neck width (SAM2 d_model)
+    fusion_dim: int = 128  # width of the fusion/gate networks
+    memory_slots: int = 16  # S in M_j in R^{D x S}
+    num_candidate_heads: int = 3  # K_head in TaskHeadNet
+    text_dim: int = 384  # all-MiniLM-L6-v2 sentence embedding width
+    ablation: str = "B5"
+    eps: float = 1e-3  # EffiWeightNet clamp
+    unet_width: int = 32  # baseline U-Net base channels
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise ConfigError(f"ablation must be one of {sorted(ABLATIONS)}, got {self.ablation!r}")
+        self.modalities = [m.lower() for m in self.modalities]
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ConfigError(f"duplicate modality names in vocabulary {self.modalities}")
+        self.normalization = {
+            k: (v if isinstance(v, NormSpec) else NormSpec(**v)) for k, v in self.normalization.items()
+        }
+        missing = [m for m in self.modalities if m not in self.normalization]
+        if missing:
+            raise ConfigError(f"no normalisation declared for modalities {missing}")
+
+    @property
+    def switches(self) -> dict[str, bool]:
+        return ABLATIONS[self.ablation]
+
+    def modality_id(self, name: str) -> int:
+        try:
+            return self.modalities.index(name.lower())
+        except ValueError:
+            raise ConfigError(f"unknown modality {name!r}; vocabulary is {self.modalities}") from None
+
+
+@dataclass
+class LossConfig:
+    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q."""
+
+    l1: float = 1.0
+    ssim: float = 0.5
+    cmim: float = 0.05
+    metric: float = 0.05
+    quality: float = 0.2
+    temperature: float = 0.07
+    margin: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    max_steps: int = 20000
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    amp: str = "bf16"  # "bf16" | "fp16" | "none"; only used on CUDA
+    seed: int = 0
+    max_sources: int = 2  # K drawn per sample is 1..max_sources
+    max_targets: int = 4  # N drawn per sample is 1..max_targets
+    # Curriculum 1->1, k->1, 1->n, k->n: fraction of max_steps at which each
+    # stage starts (the last stage runs to the end).
+    curriculum: list[float] = field(default_factory=lambda: [0.0, 0.15, 0.3, 0.45])
+    val_fraction: float = 0.2
+    val_every: int = 500
+    log_every: int = 20
+    num_workers: int = 2
+    slices_per_volume: int = 0  # 0 = every slice with brain tissue
+    augment: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ExperimentConfig":
+        return _build(cls, data, source)
+
+
+def _build(kind: type, data: dict[str, Any], where: str):
+    """Instantiate a dataclass from a dict, recursing and naming unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SUBCONFIGS.get((kind, name))
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
+    try:
+        return kind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_SUBCONFIGS = {
+    (ExperimentConfig, "model"): ModelConfig,
+    (ExperimentConfig, "loss"): LossConfig,
+    (ExperimentConfig, "train"): TrainConfig,
+}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "normalization":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset(name: str) -> ExperimentConfig:
+    """`tiny` (CPU tests and demo), `default` (Hiera-tiny, 256^2), `large` (Hiera-base-plus)."""
+    if name == "default":
+        return ExperimentConfig(name="default")
+    if name == "large":
+        return ExperimentConfig(name="large", model=ModelConfig(encoder="hiera_b+", feature_dim=256))
+    if name == "tiny":
+        return ExperimentConfig(
+            name="tiny",
+            model=ModelConfig(
+                encoder="hiera_micro",
+                image_size=64,
+                lora_rank=4,
+                lora_alpha=8.0,
+                feature_dim=32,
+                fusion_dim=32,
+                memory_slots=8,
+                num_candidate_heads=2,
+                unet_width=16,
+            ),
+            train=TrainConfig(
+                batch_size=8,
+                lr=1e-3,
+                warmup_steps=20,
+                max_steps=400,
+                val_every=100,
+                log_every=10,
+                num_workers=0,
+            ),
+        )
+    raise ConfigError(f"unknown preset {name!r}; choose tiny, default or large, or give a YAML/JSON path")
+
+
+PRESETS = ("tiny", "default", "large")
+
+
+def load_config(spec: str | Path) -> ExperimentConfig:
+    """A preset name, or a YAML/JSON file whose `base:` (default `default`) names the preset it overrides."""
+    if str(spec) in PRESETS:
+        return preset(str(spec))
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file (presets are {', '.join(PRESETS)})")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - parser errors vary by library
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", "default")
+    merged = _merge(preset(base).to_dict(), data)
+    return ExperimentConfig.from_dict(merged, source=str(path))

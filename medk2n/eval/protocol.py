@@ -1,0 +1,70 @@
+"""The evaluation protocol synthesis papers use, applied to one subject's volumes.
+
+Both prediction and truth are scaled per volume to [0, 1] by their own
+0.5-99.5 percentiles inside the brain (so a model is not rewarded or punished
+for global intensity scale, which weighted MRI does not have), then PSNR,
+SSIM and MAE are taken at data range 1 over the whole volume and inside the
+brain mask. Quantitative targets (normalisation kind "range", e.g. ADC) also
+get the mean absolute error in their physical units. The confidence map is
+scored by how well it ranks the real error (Spearman, inside the brain).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medk2n.eval.metrics import mae, psnr, spearman, ssim
+
+PSNR_CAP = 100.0  # identical volumes give inf; cap so means stay finite
+
+
+def percentile_scale(volume: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    values = volume[mask] if mask.any() else volume.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:
+        return np.zeros_like(volume, dtype=np.float32)
+    return np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def score_volume(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    mask: np.ndarray,
+    confidence: np.ndarray | None = None,
+    physical: bool = False,
+) -> dict[str, float]:
+    """Metrics for one synthesised volume; arrays share the input grid (slice axis last is not assumed)."""
+    mask = np.asarray(mask, dtype=bool)
+    p = percentile_scale(pred, mask)
+    t = percentile_scale(truth, mask)
+    # SSIM is defined on 2-D images: score each plane along the last axis.
+    p2, t2, m2 = np.moveaxis(p, -1, 0), np.moveaxis(t, -1, 0), np.moveaxis(mask, -1, 0)
+    keep = m2.reshape(m2.shape[0], -1).any(axis=1)
+    out = {
+        "psnr": min(psnr(p, t), PSNR_CAP),
+        "ssim": ssim(p2, t2),
+        "mae": mae(p, t),
+        "masked_psnr": min(psnr(p, t, mask), PSNR_CAP),
+        "masked_ssim": ssim(p2[keep], t2[keep], m2[keep]),
+        "masked_mae": mae(p, t, mask),
+    }
+    if physical:
+        out["masked_mae_physical"] = mae(pred, truth, mask)
+    if confidence is not None:
+        error = np.abs(p - t)[mask]
+        out["confidence_spearman"] = spearman(np.asarray(confidence)[mask], -error)
+    return out
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation of every metric over subjects."""
+    keys = sorted({k for row in rows for k, v in row.items() if isinstance(v, (int, float))})
+    summary = {}
+    for key in keys:
+        values = np.array([row[key] for row in rows if key in row], dtype=np.float64)
+        summary[key] = {
+            "mean": float(values.mean()),
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "n": int(len(values)),
+        }
+    return summary

@@ -1,0 +1,144 @@
+"""The bundle manifest: the one contract between export and runtime.
+
+Export writes it; the runtime reads it and guesses nothing: tensor names and
+shapes, K and N, the modality vocabulary, per-modality normalisation, the
+precision of each model file and the sha256 of every file all come from here.
+Torch-free: both `medk2n.export` and `medk2n.runtime` import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medk2n.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64"
+    shape: list[int | str]  # str entries are symbolic (dynamic batch: "batch")
+
+
+@dataclass
+class ModelFile:
+    """One runnable artefact in the bundle."""
+
+    file: str  # relative to the bundle folder
+    format: str  # "onnx" | "trt-plan"
+    precision: str  # "fp32" | "fp16" | "int8"
+    # trt-plan only: what the plan is tied to (rebuild when any changes).
+    trt_version: str | None = None
+    compute_capability: str | None = None
+
+
+@dataclass
+class Manifest:
+    k: int
+    n: int
+    image_size: int
+    modalities: list[str]
+    normalization: dict[str, dict[str, Any]]  # modality -> NormSpec as dict
+    precision: str
+    models: list[ModelFile]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batch: dict[str, int]  # {"min": 1, "opt": 8, "max": 16}; min == max means fixed
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    parity: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint path/sha, config
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> "Manifest":
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: manifest must be a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"{where}: format_version {version!r} not supported (expected {FORMAT_VERSION})")
+        required = ["k", "n", "image_size", "modalities", "normalization", "precision", "models",
+                    "inputs", "outputs", "batch", "files"]
+        missing = [key for key in required if key not in data]
+        if missing:
+            raise BundleError(f"{where}: manifest lacks {missing}")
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(data) - known)
+        if extra:
+            raise BundleError(f"{where}: unknown manifest keys {extra}")
+        try:
+            fields = dict(data)
+            fields["models"] = [ModelFile(**m) for m in data["models"]]
+            fields["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+            fields["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+            manifest = cls(**fields)
+        except TypeError as exc:
+            raise BundleError(f"{where}: malformed manifest: {exc}") from None
+        missing_norm = [m for m in manifest.modalities if m not in manifest.normalization]
+        if missing_norm:
+            raise BundleError(f"{where}: no normalisation for modalities {missing_norm}")
+        return manifest
+
+    def model(self, fmt: str, precision: str | None = None) -> ModelFile | None:
+        for m in self.models:
+            if m.format == fmt and (precision is None or m.precision == precision):
+                return m
+        return None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
+    """sha256 of every file in the bundle except the manifest itself."""
+    bundle_dir = Path(bundle_dir)
+    return {
+        p.relative_to(bundle_dir).as_posix(): sha256_file(p)
+        for p in sorted(bundle_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not Path(bundle_dir).is_dir():
+        raise BundleError(f"{bundle_dir}: bundle folder does not exist")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; not a medk2n bundle")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest: {exc}") from None
+    return Manifest.from_dict(data, where=str(path))
+
+
+def verify_bundle(bundle_dir: Path, manifest: Manifest) -> None:
+    """Refuse a tampered or incomplete bundle: every listed file must hash as recorded."""
+    bundle_dir = Path(bundle_dir)
+    for model in manifest.models:
+        if model.file not in manifest.files:
+            raise BundleError(f"{bundle_dir / model.file}: model file not listed in manifest hashes")
+    for rel, expected in manifest.files.items():
+        path = bundle_dir / rel
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in manifest but missing from bundle")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 mismatch (bundle modified or corrupt)")

@@ -1,0 +1,172 @@
+"""Checkpoint folders: `model.safetensors` + `config.json` (+ `trainer.safetensors` to resume).
+
+A checkpoint is a folder so every command that takes one (export, eval,
+resume) reads the same thing: the weights as safetensors (no pickle, ever),
+the full `ExperimentConfig` (vocabulary, normalisation, sizes, ablation) and
+training metadata. Saving is atomic: written to a temporary sibling folder and
+swapped in, so Ctrl-C or SIGTERM mid-save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from medk2n.config import ExperimentConfig
+from medk2n.errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINER_STATE = "trainer.json"
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    cfg: ExperimentConfig,
+    meta: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights, config and metadata atomically to `directory`.
+
+    `trainer_state` (optimizer/scheduler/RNG, for --resume) is stored as a
+    second safetensors file of tensors plus a JSON of scalars.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        doc = {"format_version": FORMAT_VERSION, "experiment": cfg.to_dict(), "training": meta or {}}
+        (tmp / CONFIG).write_text(json.dumps(doc, indent=2, sort_keys=True))
+        if trainer_state is not None:
+            tensors, scalars = _split_tensors(trainer_state)
+            save_file(tensors, str(tmp / "trainer.safetensors"))
+            (tmp / TRAINER_STATE).write_text(json.dumps(scalars, indent=2, sort_keys=True))
+        _swap_in(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _swap_in(tmp: Path, directory: Path) -> None:
+    """Replace `directory` by `tmp` so that one of the two is always complete on disk."""
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+
+
+def read_checkpoint_config(directory: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint folder not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a checkpoint folder holds {WEIGHTS} and {CONFIG}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION or "experiment" not in doc:
+        raise CheckpointError(f"{path}: not a medk2n checkpoint config (format_version {FORMAT_VERSION})")
+    try:
+        cfg = ExperimentConfig.from_dict(doc["experiment"], source=str(path))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return cfg, doc.get("training", {})
+
+
+def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig, dict]:
+    """Rebuild the model from its config and load weights strictly."""
+    from medk2n.models import build_model
+
+    directory = Path(directory)
+    cfg, meta = read_checkpoint_config(directory)
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file")
+    try:
+        state = load_file(str(weights), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights}: unreadable safetensors: {exc}") from None
+    text = state.get("text_embeddings")
+    model = build_model(cfg.model, text_embeddings=text)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{weights}: weights do not match the config's model "
+            f"(missing {_preview(result.missing_keys)}, unexpected {_preview(result.unexpected_keys)})"
+        )
+    return model.to(device), cfg, meta
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
+    directory = Path(directory)
+    if not (directory / TRAINER_STATE).is_file():
+        return None
+    scalars = json.loads((directory / TRAINER_STATE).read_text())
+    tensors = load_file(str(directory / "trainer.safetensors"))
+    return _join_tensors(tensors, scalars)
+
+
+def _preview(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)})"
+
+
+# Optimizer/scheduler state dicts are nested dicts of tensors and scalars.
+# Flatten tensors into a safetensors file under path-like keys and keep the
+# structure with scalars in JSON, so resume never needs pickle.
+_TENSOR_TAG = "__tensor__"
+
+
+def _split_tensors(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    tensors: dict[str, torch.Tensor] = {}
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "root"
+        tensors[key] = obj.detach().contiguous().cpu()
+        return tensors, {_TENSOR_TAG: key}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            sub_t, sub = _split_tensors(v, f"{prefix}/{k}")
+            tensors.update(sub_t)
+            out[str(k)] = sub
+        return tensors, {"__dict__": out, "__intkeys__": [str(k) for k in obj if isinstance(k, int)]}
+    if isinstance(obj, (list, tuple)):
+        items = []
+        for i, v in enumerate(obj):
+            sub_t, sub = _split_tensors(v, f"{prefix}/{i}")
+            tensors.update(sub_t)
+            items.append(sub)
+        return tensors, {"__list__": items}
+    return tensors, obj
+
+
+def _join_tensors(tensors: dict[str, torch.Tensor], obj: Any) -> Any:
+    if isinstance(obj, dict) and _TENSOR_TAG in obj:
+        return tensors[obj[_TENSOR_TAG]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        intkeys = set(obj.get("__intkeys__", []))
+        return {
+            (int(k) if k in intkeys else k): _join_tensors(tensors, v) for k, v in obj["__dict__"].items()
+        }
+    if isinstance(obj, dict) and "__list__" in obj:
+        return [_join_tensors(tensors, v) for v in obj["__list__"]]
+    return obj

@@ -1,0 +1,255 @@
+"""The training loop: curriculum batches -> Med-K2N -> eq. 14 loss -> AdamW.
+
+Everything random is a function of (seed, step), so `--resume` replays the
+exact batch, stage, learning rate and loss a continuous run would have seen.
+Checkpoints (`last` every validation, `best` by held-out masked PSNR) are
+written by rank 0 only and atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from medk2n.config import ExperimentConfig
+from medk2n.data.cases import discover_dataset
+from medk2n.data.dataset import SliceDataset, split_cases
+from medk2n.errors import DataError
+from medk2n.losses import total_loss
+from medk2n.models import build_model
+from medk2n.train import checkpoint as ckpt
+from medk2n.train.distributed import DistContext, all_reduce_mean, setup, teardown
+from medk2n.train.logger import RunLogger
+from medk2n.train.schedule import curriculum_stage, warmup_cosine
+from medk2n.train.validate import validate
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    best_metric: float
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DetailedForward(torch.nn.Module):
+    """Routes `forward_detailed` through `__call__` so DDP's gradient hooks see it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, src, tgt, avail):
+        return self.model.forward_detailed(x, src, tgt, avail)
+
+
+class StepBatches(Sampler):
+    """Yields, for each step from `start`, this rank's share of the global batch as (index, step) pairs."""
+
+    def __init__(self, size: int, batch: int, seed: int, start: int, stop: int, ctx: DistContext):
+        self.size, self.batch, self.seed = size, batch, seed
+        self.start, self.stop, self.ctx = start, stop, ctx
+
+    def __iter__(self):
+        global_batch = self.batch * self.ctx.world_size
+        for step in range(self.start, self.stop):
+            rng = np.random.default_rng([self.seed, step])
+            picks = rng.choice(self.size, size=global_batch, replace=global_batch > self.size)
+            mine = picks[self.ctx.rank :: self.ctx.world_size]
+            yield [(int(i), step) for i in mine]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+class CurriculumItems(Dataset):
+    """Draws each item's sources/targets from the curriculum stage of its step, seeded by (seed, step, index)."""
+
+    def __init__(self, slices: SliceDataset, seed: int, total_steps: int, starts: list[float]):
+        self.slices, self.seed, self.total, self.starts = slices, seed, total_steps, starts
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        index, step = key
+        stage = curriculum_stage(step, self.total, self.starts)
+        rng = np.random.default_rng([self.seed, step, index])
+        return self.slices.sample(index, stage=stage, rng=rng)
+
+
+def train(
+    cfg: ExperimentConfig,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    max_steps: int | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    ctx = setup(device)
+    try:
+        return _train(cfg, Path(data_dir), Path(run_dir), max_steps, resume, ctx, progress)
+    finally:
+        teardown(ctx)
+
+
+def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress) -> TrainResult:
+    tc = cfg.train
+    if max_steps is not None:
+        tc.max_steps = int(max_steps)
+    state = ckpt.load_trainer_state(run_dir / "checkpoints" / "last") if resume else None
+    if resume and state is None:
+        raise DataError(f"{run_dir}: --resume given but no checkpoints/last with trainer state")
+    if resume:
+        cfg, _ = ckpt.read_checkpoint_config(run_dir / "checkpoints" / "last")
+        if max_steps is not None:
+            cfg.train.max_steps = int(max_steps)
+        tc = cfg.train
+    torch.manual_seed(tc.seed + ctx.rank)
+
+    train_set, val_set = _datasets(cfg, data_dir)
+    model = _model(cfg, ctx, run_dir if resume else None)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
+    )
+    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps)
+    start, best = 0, -math.inf
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best = int(state["step"]), float(state["best"])
+        torch.set_rng_state(state["torch_rng"])
+
+    forward = DetailedForward(model)
+    if ctx.enabled:
+        # Early curriculum stages (one source) leave the fusion nets unused.
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    items = CurriculumItems(train_set, tc.seed, tc.max_steps, tc.curriculum)
+    loader = DataLoader(
+        items,
+        batch_sampler=StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx),
+        num_workers=tc.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    logger = RunLogger(run_dir, enabled=ctx.is_main, total=tc.max_steps, start=start, progress=progress)
+    amp = _autocast(tc.amp, ctx.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and tc.amp == "fp16")
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+
+    step, loss_value, history = start, float("nan"), []
+    try:
+        model.train()
+        for batch in loader:
+            t0 = time.perf_counter()
+            batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
+            loss_value, parts = _step(forward, model, batch, cfg, optimizer, scaler, amp)
+            scheduler.step()
+            step += 1
+            row = {"step": step, "loss": loss_value, **parts, "lr": scheduler.get_last_lr()[0],
+                   "stage": curriculum_stage(step - 1, tc.max_steps, tc.curriculum),
+                   "slices_per_s": batch["x"].shape[0] * ctx.world_size / (time.perf_counter() - t0)}
+            history.append(row)
+            logger.log_train(row, every=tc.log_every)
+            if step % tc.val_every == 0 or step == tc.max_steps or stop["flag"]:
+                metrics = validate(model, val_set, cfg, ctx.device)
+                score = all_reduce_mean(metrics["masked_psnr"], ctx)
+                logger.log_val(step, metrics)
+                if ctx.is_main:
+                    best = _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics)
+                model.train()
+            if stop["flag"]:
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        logger.close()
+    return TrainResult(step=step, last_loss=loss_value, best_metric=best, run_dir=run_dir, history=history)
+
+
+def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, SliceDataset]:
+    cases = discover_dataset(data_dir)
+    if len(cases) < 2:
+        raise DataError(f"{data_dir}: need at least 2 usable cases (one for validation), found {len(cases)}")
+    train_cases, val_cases = split_cases(cases, cfg.train.val_fraction, cfg.train.seed)
+    common = dict(
+        modalities=cfg.model.modalities,
+        norms=cfg.model.normalization,
+        size=cfg.model.image_size,
+        max_sources=cfg.train.max_sources,
+        max_targets=cfg.train.max_targets,
+    )
+    train_set = SliceDataset(train_cases, augment=cfg.train.augment, seed=cfg.train.seed, **common)
+    val_set = SliceDataset(val_cases, augment=False, seed=cfg.train.seed + 1, **common)
+    if len(train_set) == 0:
+        raise DataError(f"{data_dir}: no training slices with brain tissue found")
+    return train_set, val_set
+
+
+def _model(cfg: ExperimentConfig, ctx: DistContext, resume_dir: Path | None):
+    if resume_dir is not None:
+        model, _, _ = ckpt.load_checkpoint(resume_dir / "checkpoints" / "last", device="cpu")
+    else:
+        model = build_model(cfg.model)
+    return model.to(ctx.device)
+
+
+def _autocast(amp: str, device: torch.device):
+    if device.type != "cuda" or amp == "none":
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _step(forward, model, batch, cfg, optimizer, scaler, amp_dtype) -> tuple[float, dict[str, float]]:
+    """One optimizer step, accumulating `grad_accum` micro-batches of the loaded batch."""
+    tc = cfg.train
+    optimizer.zero_grad(set_to_none=True)
+    chunks = max(1, min(tc.grad_accum, batch["x"].shape[0]))
+    total, parts_sum = 0.0, {}
+    for part in _split(batch, chunks):
+        with torch.autocast(batch["x"].device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = forward(part["x"], part["src"], part["tgt"], part["avail"])
+            mask = part["mask"].unsqueeze(1).expand_as(part["target"])
+            loss, parts = total_loss(out, part["target"], part["tgt"], model, cfg.loss,
+                                     mask=mask, tgt_valid=part["tgt_valid"])
+        scaler.scale(loss / chunks).backward()
+        total += float(loss.detach()) / chunks
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + float(v) / chunks
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return total, parts_sum
+
+
+def _split(batch: dict[str, torch.Tensor], chunks: int):
+    size = batch["x"].shape[0]
+    bounds = np.linspace(0, size, chunks + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            yield {k: v[a:b] for k, v in batch.items()}
+
+
+def _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics) -> float:
+    meta = {"step": step, "val": metrics}
+    is_best = score > best
+    best = max(best, score)
+    trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "step": step, "best": best, "torch_rng": torch.get_rng_state()}
+    ckpt.save_checkpoint(run_dir / "checkpoints" / "last", model, cfg, meta, trainer_state=trainer)
+    if is_best:
+        ckpt.save_checkpoint(run_dir / "checkpoints" / "best", model, cfg, meta)
+    return best

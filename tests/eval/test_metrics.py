@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from medk2n.eval.metrics import mae, psnr, spearman, ssim, ssim_map
+from medk2n.eval.protocol import percentile_scale, score_volume, summarise
+
+
+def test_psnr_and_mae_by_hand():
+    truth = np.zeros((4, 4))
+    pred = truth + 0.1
+    assert psnr(pred, truth) == pytest.approx(20.0)
+    assert mae(pred, truth) == pytest.approx(0.1)
+    mask = np.zeros((4, 4), bool)
+    mask[0, :2] = True
+    pred2 = truth.copy()
+    pred2[0, :2] = 0.5  # error only inside the mask
+    assert psnr(pred2, truth, mask) == pytest.approx(10 * np.log10(1 / 0.25))
+    assert mae(pred2, truth, mask) == pytest.approx(0.5)
+    assert mae(pred2, truth) == pytest.approx(2 * 0.5 / 16)
+
+
+def test_ssim_matches_scikit_image_reference():
+    # Reference value from skimage.metrics.structural_similarity(x, y, data_range=1,
+    # gaussian_weights=True, sigma=1.5, use_sample_covariance=False) on this exact input,
+    # which averages the SSIM map after cropping 5 border pixels.
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 50))
+    y = np.clip(x + 0.2 * rng.standard_normal((40, 50)), 0, 1)
+    assert ssim_map(x, y)[5:-5, 5:-5].mean() == pytest.approx(0.8213511430691874, abs=1e-12)
+
+
+def test_perfect_prediction_gives_ssim_one_and_zero_error():
+    rng = np.random.default_rng(1)
+    vol = rng.random((12, 10, 6)).astype(np.float32) * 500
+    mask = np.zeros(vol.shape, bool)
+    mask[2:10, 2:8, :] = True
+    scores = score_volume(vol, vol, mask, confidence=None, physical=True)
+    assert scores["ssim"] == pytest.approx(1.0)
+    assert scores["masked_ssim"] == pytest.approx(1.0)
+    assert scores["mae"] == 0.0 and scores["masked_mae"] == 0.0
+    assert scores["masked_mae_physical"] == 0.0
+    assert scores["psnr"] == 100.0  # capped inf
+
+
+def test_worse_prediction_scores_lower():
+    rng = np.random.default_rng(2)
+    truth = rng.random((16, 16, 4))
+    mask = np.ones_like(truth, bool)
+    good = score_volume(truth + 0.01 * rng.standard_normal(truth.shape), truth, mask)
+    bad = score_volume(truth + 0.2 * rng.standard_normal(truth.shape), truth, mask)
+    assert good["masked_psnr"] > bad["masked_psnr"]
+    assert good["masked_ssim"] > bad["masked_ssim"]
+    assert good["masked_mae"] < bad["masked_mae"]
+
+
+def test_spearman_with_ties_and_confidence_ranking():
+    a = np.array([1, 2, 2, 3, 4], dtype=float)
+    b = np.array([10, 20, 20, 30, 40], dtype=float)
+    assert spearman(a, b) == pytest.approx(1.0)
+    assert spearman(a, -b) == pytest.approx(-1.0)
+    # hand value: ranks of [3,1,2] vs [1,2,3] -> rho = 1 - 6*sum(d^2)/(n(n^2-1)) = 1 - 6*6/24 = -0.5
+    assert spearman(np.array([3.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(-0.5)
+
+
+def test_percentile_scale_and_summary():
+    vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    scaled = percentile_scale(vol, np.ones_like(vol, bool))
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    summary = summarise([{"psnr": 20.0}, {"psnr": 30.0}])
+    assert summary["psnr"]["mean"] == 25.0
+    assert summary["psnr"]["sd"] == pytest.approx(np.std([20, 30], ddof=1))
+
+
+def test_mask_selecting_nothing_is_an_error():
+    with pytest.raises(ValueError):
+        psnr(np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2), bool))
