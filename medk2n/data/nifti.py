@@ -120,6 +120,10 @@ def save_image_atomic(img: nib.Nifti1Image, path: str | Path) -> None:
     os.close(fd)
     try:
         nib.save(img, tmp)
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,9 +10,11 @@ import math
 
 import torch
 
+from medk2n.data.dataset import STAGES as _STAGE_KINDS
+
 # Med-K2N curriculum: 1->1, then k->1, 1->n, k->n (one source and one target
 # first, so the encoder and heads learn before the fusion has anything to fuse).
-STAGES = ("1to1", "kto1", "1ton", "kton")
+STAGES = tuple(_STAGE_KINDS)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,0 +1,226 @@
+"""Training samples for K->N synthesis: random sources and targets per axial slice.
+
+Each case goes once through `prepare_case` (the same pipeline the runtime
+uses) and its slices stay in memory, quantised to uint16 (1/65535 steps, half
+the memory of float32 with no visible loss). A sample draws K sources and N
+targets, disjoint, among the modalities the case has; the ranges of K and N
+follow the curriculum stage of the Med-K2N training schedule (1->1, k->1,
+1->n, k->n). Items are numpy arrays padded to fixed Kmax/Nmax so a torch
+DataLoader collates them without this module importing torch.
+
+Randomness is a function of (seed, epoch, index) only, so two datasets with
+the same seed yield identical items, whatever worker loads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+from medk2n.config import NormSpec
+from medk2n.data.cases import Case, load_case, normalise_modality_name, scan_generic_case
+from medk2n.data.normalize import as_norm_spec
+from medk2n.data.preprocess import prepare_case
+from medk2n.errors import DataError
+
+# stage -> (several sources allowed, several targets allowed)
+STAGES: dict[str, tuple[bool, bool]] = {
+    "1to1": (False, False),
+    "kto1": (True, False),
+    "1ton": (False, True),
+    "kton": (True, True),
+}
+_QUANT = 65535.0
+# Light intensity augmentation: gamma drawn log-uniformly in [1/1.1, 1.1].
+_LOG_GAMMA = float(np.log(1.1))
+
+
+@dataclass
+class _CaseSlices:
+    name: str
+    ids: np.ndarray  # int64 [A] vocabulary ids of the modalities present
+    images: np.ndarray  # uint16 [A, S, H, W]
+    brain: np.ndarray  # bool [S, H, W]
+
+
+class SliceDataset:
+    """Axial-slice samples of a list of cases (numpy only; a valid torch Dataset by duck typing).
+
+    Item keys: x [Kmax,H,W], src [Kmax], avail [Kmax], target [Nmax,H,W],
+    tgt [Nmax], tgt_valid [Nmax], mask [H,W]. Padding entries have
+    avail/tgt_valid = 0, id 0 and zero images. Cases with fewer than two
+    vocabulary modalities cannot form a pair and are listed in `skipped`.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case | Path],
+        modalities: Sequence[str],
+        norms: dict[str, NormSpec | dict],
+        size: int,
+        *,
+        max_sources: int = 2,
+        max_targets: int = 4,
+        stage: str = "kton",
+        seed: int = 0,
+        augment: bool = True,
+        min_brain_fraction: float = 0.05,
+        slices_per_volume: int = 0,
+        reference: str | None = None,
+    ) -> None:
+        if max_sources < 1 or max_targets < 1:
+            raise DataError(f"max_sources and max_targets must be >= 1, got {max_sources}, {max_targets}")
+        self.modalities = [normalise_modality_name(m) for m in modalities]
+        self.max_sources, self.max_targets = int(max_sources), int(max_targets)
+        self.seed, self.epoch, self.augment = int(seed), 0, bool(augment)
+        self.set_stage(stage)
+        self._gamma_ok = np.array([as_norm_spec(norms[m]).kind == "percentile" for m in self.modalities])
+        self.skipped: list[tuple[str, str]] = []
+        self._cases: list[_CaseSlices] = []
+        for case in cases:
+            prepared = self._prepare(case, norms, size, min_brain_fraction, slices_per_volume, reference)
+            if prepared is not None:
+                self._cases.append(prepared)
+        self._index = np.array(
+            [(c, s) for c, item in enumerate(self._cases) for s in range(item.images.shape[1])], dtype=np.int64
+        ).reshape(-1, 2)
+        if len(self._index) == 0:
+            raise DataError(f"no usable slices in {len(cases)} case(s) (skipped: {self.skipped or 'none'})")
+
+    def _prepare(
+        self,
+        case: Case | Path,
+        norms: dict[str, NormSpec | dict],
+        size: int,
+        min_brain_fraction: float,
+        slices_per_volume: int,
+        reference: str | None,
+    ) -> _CaseSlices | None:
+        if not isinstance(case, Case):
+            case = scan_generic_case(Path(case), self.modalities)
+        present = [m for m in self.modalities if m in case.files]
+        if len(present) < 2:
+            self.skipped.append((case.name, f"needs >= 2 of {self.modalities}, has {present}"))
+            return None
+        prepared = prepare_case(load_case(case, present), {m: norms[m] for m in present}, size, reference)
+        keep = np.flatnonzero(prepared.brain.mean(axis=(1, 2)) >= min_brain_fraction)
+        if slices_per_volume > 0 and len(keep) > slices_per_volume:
+            keep = keep[np.linspace(0, len(keep) - 1, slices_per_volume).round().astype(int)]
+        if len(keep) == 0:
+            self.skipped.append((case.name, "no slice with enough brain"))
+            return None
+        images = np.stack([prepared.slices[m][keep] for m in present])
+        return _CaseSlices(
+            name=case.name,
+            ids=np.array([self.modalities.index(m) for m in present], dtype=np.int64),
+            images=np.round(images * _QUANT).astype(np.uint16),
+            brain=prepared.brain[keep],
+        )
+
+    @property
+    def case_names(self) -> list[str]:
+        return [c.name for c in self._cases]
+
+    def set_stage(self, stage: str) -> None:
+        """Curriculum stage: "1to1", "kto1", "1ton" or "kton"."""
+        if stage not in STAGES:
+            raise DataError(f"unknown curriculum stage {stage!r}; choose one of {', '.join(STAGES)}")
+        self.stage = stage
+
+    def set_epoch(self, epoch: int) -> None:
+        """New draws per epoch; DataLoader workers copy this value when they start."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.sample(index, self.stage, np.random.default_rng((self.seed, self.epoch, int(index))))
+
+    def sample(self, index: int, stage: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Item `index` with sources/targets drawn for `stage` from `rng`.
+
+        The trainer calls this with an rng seeded by (seed, step, index), so a
+        resumed run replays exactly the draws of an uninterrupted one.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} slices")
+        if stage not in STAGES:
+            raise DataError(f"unknown curriculum stage {stage!r}; choose one of {', '.join(STAGES)}")
+        case_i, slice_i = self._index[index]
+        case = self._cases[case_i]
+        k, n = self._draw_counts(rng, len(case.ids), stage)
+        order = rng.permutation(len(case.ids))
+        src, tgt = order[:k], order[k : k + n]
+        images = case.images[:, slice_i].astype(np.float32) / np.float32(_QUANT)
+        mask = case.brain[slice_i].astype(np.float32)
+        flip, gamma = rng.random() < 0.5, float(np.exp(rng.uniform(-_LOG_GAMMA, _LOG_GAMMA)))
+        if self.augment:
+            images, mask = self._augment(images, mask, case.ids, flip, gamma)
+        x, src_ids, avail = _pad(images[src], case.ids[src], self.max_sources)
+        target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
+        return {
+            "x": x,
+            "src": src_ids,
+            "avail": avail,
+            "target": target,
+            "tgt": tgt_ids,
+            "tgt_valid": tgt_valid,
+            "mask": mask,
+        }
+
+    def _draw_counts(self, rng: np.random.Generator, available: int, stage: str) -> tuple[int, int]:
+        many_sources, many_targets = STAGES[stage]
+        k_hi = min(self.max_sources if many_sources else 1, available - 1)
+        k = int(rng.integers(1, k_hi + 1))
+        n_hi = min(self.max_targets if many_targets else 1, available - k)
+        return k, int(rng.integers(1, n_hi + 1))
+
+    def _augment(
+        self, images: np.ndarray, mask: np.ndarray, ids: np.ndarray, flip: bool, gamma: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Left-right flip and gamma, the same for every channel of the sample.
+
+        Gamma only touches percentile-normalised (weighted) images: a
+        quantitative map such as ADC must keep its physical scale.
+        """
+        if flip:
+            images, mask = images[..., ::-1], mask[..., ::-1]
+        weighted = self._gamma_ok[ids]
+        images = images.copy()
+        images[weighted] = images[weighted] ** np.float32(gamma)
+        return images, np.ascontiguousarray(mask)
+
+
+def _pad(images: np.ndarray, ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images [m,H,W] and ids [m] padded to `length` with zeros, id 0 and a validity flag."""
+    m = len(ids)
+    out = np.zeros((length, *images.shape[1:]), dtype=np.float32)
+    out[:m] = images
+    padded_ids = np.zeros(length, dtype=np.int64)
+    padded_ids[:m] = ids
+    valid = np.zeros(length, dtype=np.float32)
+    valid[:m] = 1.0
+    return out, padded_ids, valid
+
+
+CaseLike = TypeVar("CaseLike", Case, Path)
+
+
+def split_cases(cases: Sequence[CaseLike], val_fraction: float, seed: int) -> tuple[list[CaseLike], list[CaseLike]]:
+    """Deterministic train/validation split by case (never by slice: no subject leaks across).
+
+    Independent of the input order; at least one training case is kept, and at
+    least one validation case when val_fraction > 0 and there are two or more.
+    """
+    ordered = sorted(cases, key=lambda c: c.name)
+    n_val = 0
+    if val_fraction > 0 and len(ordered) >= 2:
+        n_val = min(len(ordered) - 1, max(1, int(round(val_fraction * len(ordered)))))
+    val_idx = set(np.random.default_rng(seed).permutation(len(ordered))[:n_val].tolist())
+    train = [c for i, c in enumerate(ordered) if i not in val_idx]
+    val = [c for i, c in enumerate(ordered) if i in val_idx]
+    return train, val

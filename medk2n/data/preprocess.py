@@ -1,0 +1,115 @@
+"""The one preprocessing pipeline shared by training, evaluation and the runtime.
+
+volumes on one grid (checked, or resampled onto a reference modality)
+  -> closest-RAS reorientation (transpose/flip only)
+  -> per-modality normalisation to [0, 1]
+  -> brain mask from the normalised volumes
+  -> axial slices at model size (square physical FOV).
+
+Every step keeps the parameters of its inverse in `PreparedCase`, and
+`restore_volume` applies the inverses in reverse order, so a model output
+lands on exactly the reference grid (and, for quantitative maps, back in
+physical units). Training and serving call the same two functions, so they
+cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medk2n.config import NormSpec
+from medk2n.data.geometry import (
+    Orientation,
+    check_same_geometry,
+    from_canonical,
+    geometry_mismatch,
+    resample_to_reference,
+    to_canonical,
+)
+from medk2n.data.mask import brain_mask
+from medk2n.data.nifti import VolumeInfo
+from medk2n.data.normalize import NormParams, as_norm_spec, denormalize, normalize
+from medk2n.data.slicing import SliceGeometry, slices_to_volume, volume_to_slices
+from medk2n.errors import DataError
+
+
+@dataclass
+class PreparedCase:
+    """Model-space slices of one case plus what is needed to write outputs back."""
+
+    slices: dict[str, np.ndarray]  # modality -> float32 [S, size, size] in [0, 1]
+    brain: np.ndarray  # bool [S, size, size]
+    norm: dict[str, NormParams]
+    orientation: Orientation
+    slicing: SliceGeometry
+    reference: VolumeInfo  # grid on which outputs are written
+
+
+def align_to_reference(
+    volumes: dict[str, tuple[np.ndarray, VolumeInfo]], reference: str | None
+) -> tuple[dict[str, np.ndarray], VolumeInfo]:
+    """All arrays on one grid: checked (reference=None) or resampled onto `volumes[reference]`."""
+    if not volumes:
+        raise DataError("no volumes to prepare")
+    if reference is None:
+        check_same_geometry({name: info for name, (_, info) in volumes.items()})
+        return {name: array for name, (array, _) in volumes.items()}, next(iter(volumes.values()))[1]
+    if reference not in volumes:
+        raise DataError(f"reference modality '{reference}' is not among the inputs ({', '.join(volumes)})")
+    ref = volumes[reference][1]
+    arrays = {}
+    for name, (array, info) in volumes.items():
+        same = geometry_mismatch(ref, info) is None
+        arrays[name] = array if same else resample_to_reference(array, info, ref)
+    return arrays, ref
+
+
+def prepare_case(
+    volumes: dict[str, tuple[np.ndarray, VolumeInfo]],
+    norms: dict[str, NormSpec | dict],
+    size: int,
+    reference: str | None = None,
+) -> PreparedCase:
+    """Volumes of one case -> normalised model-space slices and the parameters to invert them."""
+    missing = [name for name in volumes if name not in norms]
+    if missing:
+        raise DataError(f"no normalisation declared for modalities {missing} (known: {', '.join(norms)})")
+    arrays, ref = align_to_reference(volumes, reference)
+    orientation = None
+    canonical: dict[str, np.ndarray] = {}
+    params: dict[str, NormParams] = {}
+    for name, array in arrays.items():
+        oriented, orientation = to_canonical(array, ref.affine)
+        canonical[name], params[name] = normalize(oriented, norms[name], source=volumes[name][1].path)
+    mask_volume = brain_mask(np.sum(list(canonical.values()), axis=0))
+    slices: dict[str, np.ndarray] = {}
+    geom = None
+    for name, vol in canonical.items():
+        slices[name], geom = volume_to_slices(vol, orientation.zooms, size)
+    mask_slices, _ = volume_to_slices(mask_volume.astype(np.float32), orientation.zooms, size)
+    return PreparedCase(
+        slices=slices,
+        brain=mask_slices > 0.5,
+        norm=params,
+        orientation=orientation,
+        slicing=geom,
+        reference=ref,
+    )
+
+
+def restore_volume(slices: np.ndarray, prepared: PreparedCase, norm: NormSpec | dict | None) -> np.ndarray:
+    """Model output [S, size, size] -> float32 array of `prepared.reference.shape`.
+
+    A "range" modality is denormalised to physical units with its fixed range;
+    "percentile" modalities and None (e.g. confidence maps) stay in [0, 1],
+    because weighted images have no absolute scale to return to.
+    """
+    canonical = slices_to_volume(np.asarray(slices, dtype=np.float32), prepared.slicing)
+    volume = from_canonical(canonical, prepared.orientation)
+    if norm is not None:
+        spec = as_norm_spec(norm)
+        if spec.kind == "range":
+            volume = denormalize(volume, NormParams(kind="range", lo=float(spec.low), hi=float(spec.high)))
+    return volume.astype(np.float32, copy=False)

@@ -1,0 +1,98 @@
+"""Evaluation outputs: metrics.json, per-subject CSV, a Markdown summary and a PNG montage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from medk2n.eval.evaluate import MODEL, EvalResult
+from medk2n.eval.protocol import percentile_scale
+
+COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "masked_mae_physical", "confidence_spearman")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def best_copy(summary: dict, target: str) -> str | None:
+    """The source whose copy scores the highest masked PSNR for `target` (the stand-in to beat)."""
+    copies = [m for m in summary if m.startswith("copy:") and target in summary[m]]
+    return max(copies, key=lambda m: summary[m][target]["masked_psnr"]["mean"], default=None)
+
+
+def markdown(result: EvalResult, title: str) -> str:
+    summary = result.summary()
+    lines = [f"### {title}", "", f"Sources: {', '.join(result.sources)}; subjects: "
+             f"{len({r['case'] for r in result.rows})}; mean ± sd over subjects.", ""]
+    header = ["target", "method"] + [c for c in COLUMNS]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for target in result.targets:
+        methods = [MODEL] + [m for m in (best_copy(summary, target), "mean-train") if m and target in summary.get(m, {})]
+        for method in methods:
+            stats = summary[method][target]
+            cells = [f"{stats[c]['mean']:.3f} ± {stats[c]['sd']:.3f}" if c in stats else "–" for c in COLUMNS]
+            label = f"{method} (best copy)" if method.startswith("copy:") else method
+            lines.append("| " + " | ".join([target, label, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(result: EvalResult, out: Path, title: str, montage: bool = True) -> dict[str, Path]:
+    """`out` is the JSON path; CSV, Markdown and PNG are written beside it with the same stem."""
+    out = Path(out)
+    paths = {"json": out, "csv": out.with_suffix(".csv"), "md": out.with_suffix(".md")}
+    doc = {"title": title, "sources": result.sources, "targets": result.targets,
+           "summary": result.summary(), "subjects": result.rows}
+    _write_text(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float))
+    _write_text(paths["md"], markdown(result, title))
+    keys = list(dict.fromkeys(k for row in result.rows for k in row))
+    fd, tmp = tempfile.mkstemp(prefix=f".{paths['csv'].name}.", dir=out.parent)
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(result.rows)
+    os.replace(tmp, paths["csv"])
+    if montage and result.examples:
+        paths["png"] = save_montage(result, out.with_suffix(".png"))
+    return paths
+
+
+def save_montage(result: EvalResult, path: Path) -> Path:
+    """Rows: examples; columns: sources, synthesis, truth, |error|, confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.examples
+    cols = len(result.sources) + 4
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.3 * len(rows)), squeeze=False)
+    for r, ex in enumerate(rows):
+        mask = ex["mask"]
+        pred, truth = percentile_scale(ex["pred"], mask), percentile_scale(ex["truth"], mask)
+        panels = [(f"{s}", percentile_scale(img, mask)) for s, img in ex["sources"].items()]
+        panels += [(f"synth {ex['target']}", pred), (f"true {ex['target']}", truth),
+                   ("|error|", np.abs(pred - truth)), ("confidence", ex["confidence"])]
+        for c, (name, img) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(img), cmap="magma" if name in ("|error|", "confidence") else "gray",
+                      vmin=0, vmax=1 if name != "|error|" else 0.5)
+            ax.set_title(f"{ex['case']}: {name}" if c == 0 else name, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,184 @@
+"""Case folders in, OUT/<case>/ folders out, with per-stage timings.
+
+Each case runs five stages: read, preprocess (both in `load_stage`), infer,
+postprocess and write (in `finish_stage`). With several cases a one-worker
+thread reads and preprocesses the next case while the current one is in
+the model (a one-deep prefetch queue); numpy and ONNX Runtime release the
+GIL for their heavy parts. A failed case becomes a report with its error and
+leaves no output; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from medk2n.data.cases import load_case
+from medk2n.data.nifti import write_volume
+from medk2n.data.preprocess import PreparedCase
+from medk2n.errors import DataError, MedK2NError
+from medk2n.runtime.inferer import brain_slices
+from medk2n.runtime.outputs import case_output, check_no_clobber, check_output_free, write_atomic
+from medk2n.runtime.png import tile_grid, write_png
+
+if TYPE_CHECKING:
+    from medk2n.runtime.synthesizer import Request, Synthesizer
+
+STAGES = ("read", "preprocess", "infer", "postprocess", "write")
+
+
+@dataclass
+class CaseReport:
+    name: str
+    case_dir: str
+    ok: bool = False
+    error: str | None = None
+    slices: int = 0
+    slices_inferred: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    outputs: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class LoadedCase:
+    """A case after read + preprocess, ready for the model."""
+
+    report: CaseReport
+    request: "Request"
+    prepared: PreparedCase
+
+
+def case_name(case_dir: Path) -> str:
+    return case_dir.resolve().name
+
+
+def load_stage(synth: "Synthesizer", case_dir: Path, sources: Sequence[str], targets: Sequence[str],
+               out_dir: Path, reference: str | None, overwrite: bool) -> LoadedCase:
+    name = case_name(case_dir)
+    report = CaseReport(name=name, case_dir=str(case_dir))
+    check_no_clobber([out_dir / name], [case_dir, synth.bundle.path])
+    check_output_free(out_dir / name, overwrite)  # before any work, not after it
+    request = synth.request(sources, targets, name)
+    with report.stage("read"):
+        volumes = load_case(case_dir, request.sources)
+    with report.stage("preprocess"):
+        prepared = synth.prepare(volumes, request, reference, name)
+    return LoadedCase(report, request, prepared)
+
+
+def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwrite: bool, png: bool,
+                 show_progress: bool = False) -> CaseReport:
+    report, request, prepared = loaded.report, loaded.request, loaded.prepared
+    keep = brain_slices(prepared.brain)
+    report.slices, report.slices_inferred = len(keep), int(keep.sum())
+    with report.stage("infer"), tqdm(total=report.slices_inferred, desc=report.name, unit="slice",
+                                     disable=None if show_progress else True, leave=False) as bar:
+        images, confidence = synth.infer(prepared, request, progress=bar.update)
+    with report.stage("postprocess"):
+        restored = synth.restore(images, confidence, prepared, request)
+        montage = case_montage(prepared, request, images, confidence, keep) if png else None
+    with report.stage("write"), case_output(out_dir, report.name, overwrite) as tmp:
+        like = prepared.reference
+        for target, (image, conf) in restored.items():
+            write_volume(image, tmp / f"{target}.nii.gz", like)
+            write_volume(conf, tmp / f"{target}_confidence.nii.gz", like)
+        if montage is not None:
+            write_png(tmp / "montage.png", montage)
+        report.outputs = sorted(p.name for p in tmp.iterdir())
+    report.ok = True
+    return report
+
+
+def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, confidence: np.ndarray,
+                 keep: np.ndarray) -> np.ndarray:
+    """Middle brain slice: sources / syntheses / confidence rows, neurological view (anterior up)."""
+    brain = np.flatnonzero(keep)
+    mid = int(brain[len(brain) // 2]) if len(brain) else len(keep) // 2
+
+    def view(tile: np.ndarray) -> np.ndarray:
+        return np.flipud(tile.T)  # canonical tile[x, y] -> rows = y with anterior on top, columns = x
+
+    return tile_grid([
+        [view(prepared.slices[m][mid]) for m in request.sources],
+        [view(img[mid]) for img in images],
+        [view(conf[mid]) for conf in confidence],
+    ])
+
+
+def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence[str], targets: Sequence[str],
+              out_dir: Path, reference: str | None = None, overwrite: bool = False, png: bool = False,
+              show_progress: bool = False, raise_errors: bool = False,
+              on_case: Callable[[CaseReport], None] | None = None) -> list[CaseReport]:
+    """Process every case; failures are reported (or raised with `raise_errors`), the rest still written."""
+    case_dirs = [Path(c) for c in case_dirs]
+    names = [case_name(c) for c in case_dirs]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(f"several cases are named {clash[0]!r}: their outputs would collide in {out_dir}")
+    # No case's output may replace another case's input either.
+    check_no_clobber([out_dir / n for n in names], case_dirs)
+
+    def load(case_dir: Path) -> LoadedCase | CaseReport:
+        return _guard(lambda: load_stage(synth, case_dir, sources, targets, out_dir, reference, overwrite),
+                      case_dir, raise_errors)
+
+    reports = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medk2n-prefetch") as pool:
+        pending = pool.submit(load, case_dirs[0])
+        for i, case_dir in enumerate(case_dirs):
+            loaded = pending.result()
+            if i + 1 < len(case_dirs):
+                pending = pool.submit(load, case_dirs[i + 1])  # read the next case while this one runs
+            report = loaded
+            if isinstance(loaded, LoadedCase):
+                report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress),
+                                case_dir, raise_errors, loaded.report)
+            reports.append(report)
+            if on_case is not None:
+                on_case(report)
+    return reports
+
+
+def _guard(step: Callable[[], Any], case_dir: Path, raise_errors: bool, report: CaseReport | None = None) -> Any:
+    """Run one stage; a MedK2NError becomes a failed report unless the caller wants it raised."""
+    try:
+        return step()
+    except MedK2NError as exc:
+        if raise_errors:
+            raise
+        report = report or CaseReport(name=case_name(case_dir), case_dir=str(case_dir))
+        report.ok, report.error, report.outputs = False, str(exc), []
+        return report
+
+
+def write_run_json(path: Path, synth: "Synthesizer", reports: Sequence[CaseReport], total_s: float) -> None:
+    """The `--json` summary: backend, providers, per-case stage timings and failures."""
+    summary = {
+        "bundle": str(synth.bundle.path),
+        "backend": synth.choice.backend,
+        "model": synth.choice.model.file,
+        "precision": synth.choice.model.precision,
+        "providers": synth.runner.providers,
+        "batch_size": synth.batch_size,
+        "stages": list(STAGES),
+        "cases": [asdict(r) for r in reports],
+        "failed": [r.name for r in reports if not r.ok],
+        "total_s": total_s,
+    }
+    write_atomic(Path(path), (json.dumps(summary, indent=2) + "\n").encode())

@@ -1,0 +1,140 @@
+"""One runner interface for every backend, and the ONNX Runtime runner.
+
+A runner is a context manager that owns one loaded model (polygraphy
+`backend/base/runner.py`): `activate` loads it, `infer(feed)` maps input
+names to arrays and returns output names to arrays, `deactivate` frees it.
+The inferer and the benchmarks only ever see this interface, so comparing
+backends is one loop. `OrtRunner` covers ONNX Runtime's CPU, CUDA and
+TensorRT execution providers; `trt_plan.TrtPlanRunner` runs TensorRT plans.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from medk2n.errors import BundleError, MedK2NError
+
+
+class Runner(ABC):
+    """Base class: timing and the activate/deactivate life cycle."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.is_active = False
+        self._last_time: float | None = None
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; the wall time of the call is kept for `last_inference_time`."""
+        if not self.is_active:
+            raise RuntimeError(f"runner {self.name!r} used outside its `with` block")
+        start = time.perf_counter()
+        outputs = self._infer(feed)
+        self._last_time = time.perf_counter() - start
+        return outputs
+
+    def last_inference_time(self) -> float | None:
+        """Seconds taken by the latest `infer` call (None before the first)."""
+        return self._last_time
+
+    @property
+    def providers(self) -> list[str]:
+        """What actually executes the model, for reports."""
+        return [self.name]
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+Provider = Union[str, tuple[str, dict[str, Any]]]
+
+
+def provider_name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
+class OrtRunner(Runner):
+    """Run an ONNX file with an ordered provider list (first = the one wanted).
+
+    On a GPU provider the outputs are bound to device memory through IO
+    binding, so ORT allocates them on the GPU and copies them back in one step.
+    """
+
+    def __init__(self, onnx_path: str | Path, providers: list[Provider], threads: int | None = None,
+                 name: str = "onnxruntime") -> None:
+        super().__init__(name)
+        self.onnx_path = Path(onnx_path)
+        self.requested = list(providers)
+        self.threads = threads
+        self._session: ort.InferenceSession | None = None
+        self._output_names: list[str] = []
+        self._use_binding = False
+
+    def _activate(self) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: warnings would drown the one-line CLI output
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=self.requested)
+        except Exception as exc:  # noqa: BLE001 - ORT's exception types are not a public hierarchy
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise BundleError(f"{self.onnx_path}: ONNX Runtime cannot load the model "
+                              f"({type(exc).__name__}: {first_line})") from None
+        wanted = provider_name(self.requested[0])
+        got = session.get_providers()
+        if wanted not in got:
+            # ORT silently falls back to CPU when a provider's libraries fail to load.
+            raise MedK2NError(f"{self.onnx_path}: ONNX Runtime could not start {wanted} (session got {got}); "
+                              "check the CUDA/TensorRT libraries or choose another --backend")
+        self._session = session
+        self._output_names = [o.name for o in session.get_outputs()]
+        self._use_binding = got[0] != "CPUExecutionProvider"
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._session is not None
+        if not self._use_binding:
+            return dict(zip(self._output_names, self._session.run(self._output_names, feed)))
+        binding = self._session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda")
+        self._session.run_with_iobinding(binding)
+        return dict(zip(self._output_names, binding.copy_outputs_to_cpu()))
+
+    @property
+    def providers(self) -> list[str]:
+        return self._session.get_providers() if self._session is not None else [provider_name(p) for p in self.requested]

@@ -1,0 +1,200 @@
+"""Synthesize missing contrasts from the ones a session has: the library API.
+
+`Synthesizer` owns one verified bundle and one started runner. `run` works
+on arrays (no files), `run_case` on a case folder. Both go through the same
+stages: check the request against the bundle, `prepare_case` (the one
+preprocessing shared with training), slice-wise inference, `restore_volume`
+back onto the input grid. A "range"-normalised target (ADC) comes back in
+physical units; confidence maps are restored without denormalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence, Union
+
+import nibabel as nib
+import numpy as np
+
+from medk2n.data.cases import normalise_modality_name
+from medk2n.data.nifti import VolumeInfo, check_volume_values
+from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
+from medk2n.errors import BundleError, DataError
+from medk2n.runtime.backends import BackendChoice, backend_chain, open_runner
+from medk2n.runtime.bundle import Bundle, load_bundle
+from medk2n.runtime.inferer import SliceInferer, brain_slices
+from medk2n.runtime.pipeline import CaseReport, load_stage, finish_stage
+from medk2n.runtime.runners import Runner
+
+Volumes = Mapping[str, Union[np.ndarray, tuple[np.ndarray, VolumeInfo]]]
+Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A K->N request mapped onto the bundle's fixed slots.
+
+    Slot 0 is always a present source. Missing source slots get avail 0 (the
+    model ignores them) and repeat the first source's id, since any valid id
+    will do; unused target slots repeat the last target and are dropped.
+    """
+
+    sources: list[str]
+    targets: list[str]
+    src: np.ndarray  # int64 [K]
+    tgt: np.ndarray  # int64 [N]
+    avail: np.ndarray  # float32 [K]
+
+
+class Synthesizer:
+    """K->N synthesis with one bundle on one backend; use as a context manager."""
+
+    def __init__(self, bundle: str | Path | Bundle, backend: str = "auto", precision: str | None = None,
+                 threads: int | None = None, batch_size: int | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.batch_size = _batch_size(self.bundle, batch_size)
+        self.runner, self.choice = open_runner(backend_chain(backend, self.bundle, precision), self.bundle, threads)
+        self.inferer = SliceInferer(self.runner, self.batch_size, self.bundle.batch["min"])
+
+    @classmethod
+    def from_runner(cls, bundle: Bundle, runner: Runner, choice: BackendChoice,
+                    batch_size: int | None = None) -> "Synthesizer":
+        """Drive any runner (e.g. a PyTorch model for `medk2n-eval CHECKPOINT`) through the same pipeline."""
+        self = cls.__new__(cls)
+        self.bundle = bundle
+        self.batch_size = _batch_size(bundle, batch_size)
+        self.runner, self.choice = runner, choice
+        runner.activate()
+        self.inferer = SliceInferer(runner, self.batch_size, bundle.batch["min"])
+        return self
+
+    def __enter__(self) -> "Synthesizer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def request(self, sources: Sequence[str], targets: Sequence[str], name: str = "input") -> Request:
+        """Check sources/targets against the bundle and build the id rows; errors name `name`."""
+        b = self.bundle
+        sources = [normalise_modality_name(m) for m in sources]
+        targets = [normalise_modality_name(m) for m in targets]
+        if not sources or not targets:
+            raise DataError(f"{name}: need at least one source and one target")
+        unknown = [m for m in sources + targets if m not in b.modalities]
+        if unknown:
+            raise BundleError(f"{name}: unknown modality {unknown[0]!r} (bundle knows: {', '.join(b.modalities)})")
+        for role, names in (("source", sources), ("target", targets)):
+            if len(set(names)) != len(names):
+                raise DataError(f"{name}: {role}s listed twice: {', '.join(names)}")
+        both = [m for m in targets if m in sources]
+        if both:
+            raise DataError(f"{name}: {both[0]!r} is both a source and a target")
+        if len(sources) > b.k:
+            raise BundleError(f"{name}: {len(sources)} sources ({', '.join(sources)}) but the bundle takes at most K={b.k}")
+        if len(targets) > b.n:
+            raise BundleError(f"{name}: {len(targets)} targets ({', '.join(targets)}) but the bundle makes at most N={b.n}")
+        src = [b.modality_id(m) for m in sources]
+        tgt = [b.modality_id(m) for m in targets]
+        return Request(
+            sources=sources,
+            targets=targets,
+            src=np.array(src + [src[0]] * (b.k - len(src)), dtype=np.int64),
+            tgt=np.array(tgt + [tgt[-1]] * (b.n - len(tgt)), dtype=np.int64),
+            avail=np.array([1.0] * len(src) + [0.0] * (b.k - len(src)), dtype=np.float32),
+        )
+
+    def prepare(self, volumes: Mapping[str, tuple[np.ndarray, VolumeInfo]], request: Request,
+                reference: str | None = None, name: str = "input") -> PreparedCase:
+        """Model-space slices of the sources (geometry check or resampling onto `reference`)."""
+        missing = [m for m in request.sources if m not in volumes]
+        if missing:
+            raise DataError(f"{name}: missing modality {missing[0]!r} (given: {', '.join(volumes) or 'none'})")
+        if reference is not None:
+            reference = normalise_modality_name(reference)
+            if reference not in request.sources:
+                raise DataError(f"{name}: reference {reference!r} is not one of the sources ({', '.join(request.sources)})")
+        return prepare_case({m: volumes[m] for m in request.sources},
+                            {m: self.bundle.norms[m] for m in request.sources},
+                            self.bundle.image_size, reference)
+
+    def infer(self, prepared: PreparedCase, request: Request,
+              progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Images and confidence [n_targets, S, H, W] in model space; brainless slices stay zero."""
+        slots = [prepared.slices[m] for m in request.sources]
+        slots += [np.zeros_like(slots[0])] * (self.bundle.k - len(slots))
+        images, confidence = self.inferer(slots, request.src, request.tgt, request.avail,
+                                          keep=brain_slices(prepared.brain), progress=progress)
+        n = len(request.targets)
+        # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
+        return np.clip(images[:n], 0.0, 1.0), confidence[:n]
+
+    def restore(self, images: np.ndarray, confidence: np.ndarray, prepared: PreparedCase,
+                request: Request) -> Outputs:
+        """Model-space outputs -> arrays on the reference grid (range norms -> physical units)."""
+        return {
+            target: (restore_volume(images[i], prepared, self.bundle.norms[target]),
+                     restore_volume(confidence[i], prepared, None))
+            for i, target in enumerate(request.targets)
+        }
+
+    def run(self, volumes: Volumes, sources: Sequence[str] | None, targets: Sequence[str],
+            reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input") -> Outputs:
+        """target -> (image, confidence) on the input grid, without touching files.
+
+        `volumes` maps modality -> (array, VolumeInfo) as `read_volume` gives,
+        or modality -> 3-D array with one shared `affine` (identity if None).
+        `sources` defaults to the volumes' order; the first one is slot 0.
+        """
+        volumes = as_volumes(volumes, affine, name)
+        request = self.request(list(volumes) if sources is None else sources, targets, name)
+        prepared = self.prepare(volumes, request, reference, name)
+        return self.restore(*self.infer(prepared, request), prepared, request)
+
+    def run_case(self, case_dir: str | Path, sources: Sequence[str], targets: Sequence[str], out_dir: str | Path,
+                 reference: str | None = None, overwrite: bool = False, png: bool = False) -> CaseReport:
+        """Read a case folder, synthesise, write OUT/<case>/; raises on any failure (nothing written)."""
+        loaded = load_stage(self, Path(case_dir), sources, targets, Path(out_dir), reference, overwrite)
+        return finish_stage(self, loaded, Path(out_dir), overwrite, png)
+
+
+def as_volumes(volumes: Volumes, affine: np.ndarray | None, name: str) -> dict[str, tuple[np.ndarray, VolumeInfo]]:
+    """Normalise keys to modality names; wrap bare arrays with a VolumeInfo built from `affine`."""
+    out = {}
+    for key, value in volumes.items():
+        if isinstance(value, tuple):
+            out[normalise_modality_name(key)] = value
+            continue
+        array = np.asarray(value, dtype=np.float32)
+        label = f"{name}/{key}"
+        if array.ndim != 3:
+            raise DataError(f"{label}: expected a 3-D array, got shape {array.shape}")
+        check_volume_values(array, label)
+        out[normalise_modality_name(key)] = (array, volume_info(array.shape, affine, label))
+    return out
+
+
+def volume_info(shape: tuple[int, ...], affine: np.ndarray | None, label: str) -> VolumeInfo:
+    """A VolumeInfo for an in-memory array: the header carries the affine's zooms."""
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_zooms(tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0)))
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    return VolumeInfo(path=Path(label), affine=affine, header=header, shape=tuple(shape))
+
+
+def _batch_size(bundle: Bundle, requested: int | None) -> int:
+    lo, hi = bundle.batch["min"], bundle.batch["max"]
+    if requested is None:
+        return bundle.batch["opt"]
+    if not lo <= requested <= hi:
+        raise BundleError(f"{bundle.path}: batch size {requested} is outside the bundle's range {lo}..{hi}"
+                          + (" (fixed batch)" if lo == hi else ""))
+    return requested

@@ -1,0 +1,148 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_fixtures import SHAPE, head, save_nifti
+
+from medk2n.data.cases import (
+    Case,
+    discover_dataset,
+    find_case_files,
+    load_case,
+    normalise_modality_name,
+)
+from medk2n.errors import DataError
+
+
+def test_modality_aliases():
+    assert [normalise_modality_name(n) for n in ["T2W", "t2f", "T1n", "t1ce", "T1GD", "PDw", "trace", "FLAIR"]] == [
+        "t2", "flair", "t1", "t1c", "t1c", "pd", "dwi", "flair"
+    ]
+
+
+def test_generic_case_is_case_insensitive_and_sorts_masks_and_unknowns(tmp_path, write_case):
+    case = write_case(tmp_path / "case001", {"FLAIR.nii.gz": None, "T2W.nii": None, "adc": None,
+                                             "brain_mask": None, "lesion_mask": None, "swi": None})
+    (case / "notes.txt").write_text("not an image")
+    files = find_case_files(case)
+    assert {m: p.name for m, p in files.items()} == {"flair": "FLAIR.nii.gz", "t2": "T2W.nii", "adc": "adc.nii.gz"}
+    [found] = discover_dataset(tmp_path)
+    assert found.name == "case001"
+    assert set(found.masks) == {"brain", "lesion"}
+    assert [p.name for p in found.unknown] == ["swi.nii.gz"]
+
+
+def test_missing_modality_names_case_found_and_unknown_files(tmp_path, write_case):
+    case = write_case(tmp_path / "case001", {"flair": None, "t2": None, "swi": None})
+    with pytest.raises(DataError, match=r"case001: missing modality 'adc' \(found: flair, t2\).*swi\.nii\.gz"):
+        find_case_files(case, ["flair", "ADC"])
+
+
+def test_two_files_for_one_modality_is_an_error(tmp_path, write_case):
+    case = write_case(tmp_path / "case001", {"t2": None, "T2w": None})
+    with pytest.raises(DataError, match=r"several files map to modality 't2' \(T2w\.nii\.gz, t2\.nii\.gz\)"):
+        find_case_files(case, ["t2"])
+
+
+def test_missing_case_and_empty_dataset(tmp_path):
+    with pytest.raises(DataError, match="nope"):
+        find_case_files(tmp_path / "nope")
+    with pytest.raises(DataError, match="no cases found"):
+        discover_dataset(tmp_path)
+    with pytest.raises(DataError, match="missing"):
+        discover_dataset(tmp_path / "missing")
+
+
+def test_isles_2022_layout_with_derivative_masks(tmp_path):
+    for i in (1, 2):
+        sub, ses = f"sub-strokecase000{i}", "ses-0001"
+        base = tmp_path / sub / ses
+        save_nifti(base / "dwi" / f"{sub}_{ses}_dwi.nii.gz", head())
+        save_nifti(base / "dwi" / f"{sub}_{ses}_adc.nii.gz", head() * 1000)
+        save_nifti(base / "anat" / f"{sub}_{ses}_FLAIR.nii.gz", head((14, 12, 10)))
+        (base / "dwi" / f"{sub}_{ses}_dwi.json").write_text("{}")
+    save_nifti(tmp_path / "derivatives" / "sub-strokecase0001" / "ses-0001" / "sub-strokecase0001_ses-0001_msk.nii.gz",
+               np.zeros(SHAPE))
+    cases = discover_dataset(tmp_path)
+    assert [c.name for c in cases] == ["sub-strokecase0001", "sub-strokecase0002"]
+    assert sorted(cases[0].files) == ["adc", "dwi", "flair"]
+    assert cases[0].files["flair"].name == "sub-strokecase0001_ses-0001_FLAIR.nii.gz"
+    assert cases[0].masks["lesion"].name.endswith("_msk.nii.gz") and cases[1].masks == {}
+    assert not cases[0].unknown
+
+
+def test_brats_2023_layout(tmp_path, write_case):
+    for name in ("BraTS-GLI-00000-000", "BraTS-GLI-00002-000"):
+        write_case(tmp_path / name, {f"{name}-{token}": None for token in ("t1n", "t1c", "t2w", "t2f", "seg")})
+    cases = discover_dataset(tmp_path)
+    assert [c.name for c in cases] == ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"]
+    assert sorted(cases[0].files) == ["flair", "t1", "t1c", "t2"]
+    assert cases[0].files["t2"].name == "BraTS-GLI-00000-000-t2w.nii.gz"
+    assert cases[0].masks["lesion"].name.endswith("-seg.nii.gz")
+
+
+def test_generic_cases_named_like_bids_subjects_stay_generic(tmp_path, write_case):
+    write_case(tmp_path / "sub-000", {"t1": None, "flair": None})
+    [case] = discover_dataset(tmp_path)
+    assert case.name == "sub-000" and sorted(case.files) == ["flair", "t1"]
+
+
+def test_load_case_reads_requested_modalities(tmp_path, write_case):
+    case = write_case(tmp_path / "case001", {"flair": None, "t2": None, "adc": None})
+    volumes = load_case(case, ["FLAIR", "adc"])
+    assert list(volumes) == ["flair", "adc"]
+    array, info = volumes["adc"]
+    assert array.shape == SHAPE and array.dtype == np.float32 and info.path.name == "adc.nii.gz"
+
+
+def _bad_volume(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "case001" / "t2.nii.gz"
+    good = head()
+    if kind == "4-D":
+        return save_nifti(path, np.stack([good, good], axis=-1))
+    if kind == "2-D":
+        return save_nifti(path, good[:, :, 0])
+    if kind == "single slice":
+        return save_nifti(path, good[:, :, :1])
+    if kind in ("NaN", "Inf"):
+        good[3, 3, 3] = np.nan if kind == "NaN" else np.inf
+        return save_nifti(path, good)
+    if kind == "constant":
+        return save_nifti(path, np.full(SHAPE, 5.0))
+    if kind == "truncated":
+        save_nifti(path, np.random.default_rng(0).random((30, 30, 30)))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("4-D", "4-D"),
+        ("2-D", "2-D"),
+        ("single slice", "degenerate"),
+        ("NaN", "NaN/Inf"),
+        ("Inf", "NaN/Inf"),
+        ("constant", "constant"),
+        ("truncated", "unreadable or truncated"),
+    ],
+)
+def test_bad_volumes_raise_data_error_naming_the_file(tmp_path, kind, message):
+    path = _bad_volume(tmp_path, kind)
+    with pytest.raises(DataError, match=message) as err:
+        load_case(path.parent, ["t2"])
+    assert "t2.nii.gz" in str(err.value)
+
+
+def test_file_listed_but_gone_names_the_file(tmp_path):
+    case = Case(name="case001", files={"t2": tmp_path / "case001" / "t2.nii.gz"}, masks={})
+    with pytest.raises(DataError, match=r"t2\.nii\.gz: file not found"):
+        load_case(case, ["t2"])
+
+
+def test_unknown_modality_file_is_named_when_the_modality_is_missing(tmp_path, write_case):
+    write_case(tmp_path / "case001", {"t2_weird": None})
+    with pytest.raises(DataError, match=r"t2_weird\.nii\.gz"):
+        load_case(tmp_path / "case001", ["t2"])

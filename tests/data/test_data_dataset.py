@@ -1,0 +1,142 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medk2n.config import DEFAULT_MODALITIES, default_normalization
+from medk2n.data.cases import discover_dataset
+from medk2n.data.dataset import SliceDataset, split_cases
+from medk2n.errors import DataError
+
+VOCAB = list(DEFAULT_MODALITIES)
+SIZE = 16
+
+
+@pytest.fixture
+def dataset_root(tmp_path, write_case) -> Path:
+    write_case(tmp_path / "case_a", {"t1": None, "t2": None, "flair": None, "adc": None})
+    write_case(tmp_path / "case_b", {"t1": None, "flair": None, "dwi": None})
+    write_case(tmp_path / "case_c", {"t2": None})  # one modality: no source/target pair
+    return tmp_path
+
+
+def make(root: Path, **kwargs) -> SliceDataset:
+    options = dict(max_sources=2, max_targets=3, seed=7)
+    options.update(kwargs)
+    return SliceDataset(discover_dataset(root), VOCAB, default_normalization(), SIZE, **options)
+
+
+def counts(ds: SliceDataset) -> list[tuple[int, int]]:
+    return [(int(item["avail"].sum()), int(item["tgt_valid"].sum())) for item in (ds[i] for i in range(len(ds)))]
+
+
+def test_items_have_fixed_shapes_dtypes_and_padding(dataset_root):
+    ds = make(dataset_root)
+    assert ds.case_names == ["case_a", "case_b"]
+    assert [name for name, _ in ds.skipped] == ["case_c"]
+    assert len(ds) > 0
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["x"].shape == (2, SIZE, SIZE) and item["x"].dtype == np.float32
+        assert item["target"].shape == (3, SIZE, SIZE) and item["target"].dtype == np.float32
+        assert item["src"].dtype == item["tgt"].dtype == np.int64
+        assert item["avail"].dtype == item["tgt_valid"].dtype == item["mask"].dtype == np.float32
+        assert item["mask"].shape == (SIZE, SIZE) and item["mask"].any()
+        src = item["src"][item["avail"] == 1]
+        tgt = item["tgt"][item["tgt_valid"] == 1]
+        assert not set(src) & set(tgt)
+        assert np.all(item["src"][item["avail"] == 0] == 0) and not item["x"][item["avail"] == 0].any()
+        assert np.all(item["tgt"][item["tgt_valid"] == 0] == 0) and not item["target"][item["tgt_valid"] == 0].any()
+        assert 0.0 <= item["x"].min() and item["target"].max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "stage, ks, ns",
+    [("1to1", {1}, {1}), ("kto1", {1, 2}, {1}), ("1ton", {1}, {1, 2, 3}), ("kton", {1, 2}, {1, 2, 3})],
+)
+def test_stage_sets_the_source_and_target_ranges(dataset_root, stage, ks, ns):
+    ds = make(dataset_root, stage=stage)
+    seen = set()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        seen |= set(counts(ds))
+    assert {k for k, _ in seen} == ks
+    assert {n for _, n in seen} == ns
+    assert all(k + n <= 4 for k, n in seen)  # never more than a case has
+
+
+def test_set_stage_switches_and_validates(dataset_root):
+    ds = make(dataset_root, stage="1to1")
+    ds.set_stage("kton")
+    assert max(n for _, n in counts(ds)) > 1
+    with pytest.raises(DataError, match="curriculum stage"):
+        ds.set_stage("2to2")
+
+
+def test_same_seed_same_items_and_epochs_differ(dataset_root):
+    a, b = make(dataset_root), make(dataset_root)
+    for i in range(len(a)):
+        for key, value in a[i].items():
+            np.testing.assert_array_equal(value, b[i][key])
+    before = [a[i]["src"].tolist() + a[i]["tgt"].tolist() for i in range(len(a))]
+    a.set_epoch(1)
+    after = [a[i]["src"].tolist() + a[i]["tgt"].tolist() for i in range(len(a))]
+    assert before != after
+    other = make(dataset_root, seed=8)
+    assert before != [other[i]["src"].tolist() + other[i]["tgt"].tolist() for i in range(len(other))]
+
+
+def test_augmentation_changes_pixels_not_the_draw(dataset_root):
+    plain, augmented = make(dataset_root, augment=False), make(dataset_root, augment=True)
+    changed = 0
+    for i in range(len(plain)):
+        p, q = plain[i], augmented[i]
+        np.testing.assert_array_equal(p["src"], q["src"])
+        np.testing.assert_array_equal(p["tgt"], q["tgt"])
+        changed += not np.allclose(p["x"], q["x"])
+    assert changed > 0
+
+
+def test_quantitative_maps_are_not_gamma_augmented(dataset_root):
+    plain, augmented = make(dataset_root, augment=False), make(dataset_root, augment=True)
+    adc = VOCAB.index("adc")
+    for i in range(len(plain)):
+        p, q = plain[i], augmented[i]
+        for images, ids, valid in (("x", "src", "avail"), ("target", "tgt", "tgt_valid")):
+            for j in np.flatnonzero((p[ids] == adc) & (p[valid] == 1)):
+                a, b = p[images][j], q[images][j]
+                assert np.allclose(a, b) or np.allclose(a[:, ::-1], b)  # at most flipped
+
+
+def test_slices_per_volume_and_index_bounds(dataset_root):
+    ds = make(dataset_root, slices_per_volume=2)
+    assert len(ds) == 4
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_case_folders_work_like_discovered_cases(dataset_root):
+    from_paths = SliceDataset(
+        [dataset_root / "case_a", dataset_root / "case_b"], VOCAB, default_normalization(), SIZE, seed=7
+    )
+    discovered = make(dataset_root, max_targets=4)
+    assert from_paths.case_names == discovered.case_names and len(from_paths) == len(discovered)
+    np.testing.assert_array_equal(from_paths[0]["x"], discovered[0]["x"])
+    with pytest.raises(DataError, match="case folder not found"):
+        SliceDataset([dataset_root / "nope"], VOCAB, default_normalization(), SIZE)
+
+
+def test_dataset_without_pairs_is_an_error(tmp_path, write_case):
+    write_case(tmp_path / "only_t2", {"t2": None})
+    with pytest.raises(DataError, match="no usable slices"):
+        make(tmp_path)
+
+
+def test_split_cases_is_deterministic_disjoint_and_order_free(tmp_path):
+    cases = [tmp_path / f"case{i:02d}" for i in range(10)]
+    train, val = split_cases(cases, 0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8 and not set(train) & set(val)
+    assert split_cases(list(reversed(cases)), 0.2, seed=3) == (train, val)
+    assert split_cases(cases, 0.2, seed=4) != (train, val)
+    assert split_cases(cases[:1], 0.5, seed=0) == (cases[:1], [])
+    assert split_cases(cases[:2], 0.01, seed=0)[1] != []

@@ -1,0 +1,48 @@
+import numpy as np
+
+from medk2n.data.mask import brain_mask, fill_holes_2d, largest_component
+
+
+def ball(shape=(24, 24, 12), radius=0.7):
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    return sum(g**2 for g in grids) < radius**2
+
+
+def test_brain_mask_drops_specks_and_fills_dark_ventricles():
+    inside = ball()
+    volume = np.where(inside, 100.0, 0.0).astype(np.float32)
+    volume += np.random.default_rng(0).uniform(0, 3, volume.shape).astype(np.float32)  # noise floor
+    ventricle = ball(radius=0.25)
+    volume[ventricle] = 2.0  # dark CSF inside the brain
+    volume[0, 0, 0] = volume[23, 23, 11] = 100.0  # isolated bright specks
+    mask = brain_mask(volume)
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, inside)
+
+
+def test_largest_component_keeps_only_the_biggest_region():
+    mask = np.zeros((10, 10, 4), bool)
+    mask[1:4, 1:4, :] = True  # 36 voxels
+    mask[6:10, 5:10, :] = True  # 80 voxels, touches the border
+    out = largest_component(mask)
+    assert out.sum() == 80 and out[6:10, 5:10].all()
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_largest_component_follows_winding_paths():
+    """A spiral-like path needs many sweeps; it is still one component."""
+    mask = np.zeros((9, 9, 1), bool)
+    mask[1, 1:8] = mask[1:8, 7] = mask[7, 1:8] = mask[3:8, 1] = mask[3, 1:6] = mask[3:6, 5] = True
+    mask[0, 0] = True  # a separate, smaller component
+    out = largest_component(mask)
+    assert out.sum() == mask.sum() - 1 and not out[0, 0, 0]
+
+
+def test_fill_holes_is_per_slice_and_keeps_open_regions():
+    mask = np.zeros((8, 8, 2), bool)
+    mask[1:7, 1:7, :] = True
+    mask[3:5, 3:5, 0] = False  # closed hole in slice 0
+    mask[3:5, 3:8, 1] = False  # notch open to the border in slice 1
+    out = fill_holes_2d(mask)
+    assert out[3:5, 3:5, 0].all()
+    assert not out[3:5, 3:8, 1].any()

@@ -1,0 +1,71 @@
+"""The runtime needs numpy, nibabel and onnxruntime only: never torch (nor scipy/matplotlib/PIL)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+from runtime_fixtures import SHAPE, write_case
+
+BLOCKED = ("torch", "scipy", "matplotlib", "PIL")
+
+IMPORT_ALL = f"""
+import importlib, pkgutil, sys
+for name in {BLOCKED!r}:
+    sys.modules[name] = None  # any import of these now fails
+import medk2n.runtime
+modules = [m.name for m in pkgutil.walk_packages(medk2n.runtime.__path__, "medk2n.runtime.")]
+for name in modules:
+    importlib.import_module(name)
+print("imported", len(modules))
+from medk2n.runtime.cli import main
+main(["-h"])
+"""
+
+RUN_BLOCKED = f"""
+import sys
+for name in {BLOCKED!r}:
+    sys.modules[name] = None
+from medk2n.runtime.cli import main
+main(sys.argv[1:])
+"""
+
+
+def python(*args: str, executable: str = sys.executable) -> subprocess.CompletedProcess:
+    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_runtime_module_imports_without_torch() -> None:
+    proc = python("-c", IMPORT_ALL)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported" in proc.stdout and "--sources" in proc.stdout
+    count = int(proc.stdout.split("imported", 1)[1].split()[0])
+    assert count >= 10  # runners, trt_plan, bundle, backends, inferer, synthesizer, pipeline, outputs, png, cli
+
+
+def test_a_whole_run_needs_no_torch(tmp_path: Path, bundle_dir: Path) -> None:
+    case = write_case(tmp_path / "case001", "lps")
+    out = tmp_path / "out"
+    proc = python("-c", RUN_BLOCKED, str(bundle_dir), str(case), "--sources", "t2,flair", "--targets", "dwi,adc",
+                  "--out", str(out), "--png")
+    assert proc.returncode == 0, proc.stderr
+    assert nib.load(out / "case001" / "adc.nii.gz").shape == SHAPE
+
+
+def test_base_install_runs_the_cli(tmp_path: Path, bundle_dir: Path) -> None:
+    base = os.environ.get("MEDK2N_BASE_PYTHON")
+    if not base:
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+    probe = python("-c", "import importlib.util as u; print(u.find_spec('torch') is None)", executable=base)
+    assert probe.stdout.strip() == "True", "torch must not be installed in the base environment"
+    case = write_case(tmp_path / "case001", "oblique")
+    out = tmp_path / "out"
+    proc = subprocess.run([base, "-m", "medk2n.runtime.cli", str(bundle_dir), str(case), "--sources", "t2,flair",
+                           "--targets", "dwi,adc", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert nib.load(out / "case001" / "dwi.nii.gz").shape == SHAPE

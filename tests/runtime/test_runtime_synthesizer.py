@@ -1,0 +1,145 @@
+"""Synthesizer as a library: arrays in, arrays on the input grid out, no files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from runtime_fixtures import SHAPE, expected_outputs, fields, interior, make_affine, write_case
+
+from medk2n.data.nifti import VolumeInfo
+from medk2n.errors import BundleError, DataError
+from medk2n.runtime.bundle import load_bundle
+from medk2n.runtime.synthesizer import Synthesizer, volume_info
+
+ADC_TOL = 20.0  # 0.5 % of the 0..4000 range; resampling error in the interior is ~2
+UNIT_TOL = 5e-3
+
+
+@pytest.fixture(scope="module")
+def synth(bundle_dir: Path) -> Synthesizer:
+    with Synthesizer(bundle_dir, backend="cpu", threads=1) as s:
+        yield s
+
+
+def check(outputs: dict, volumes: dict, sources: list[str], targets: list[str], affine: np.ndarray) -> None:
+    assert list(outputs) == targets
+    inner = interior(affine, SHAPE)
+    for target, (expected, conf_value) in expected_outputs(volumes, sources, targets).items():
+        image, confidence = outputs[target]
+        assert image.shape == confidence.shape == SHAPE and image.dtype == np.float32
+        tol = ADC_TOL if target == "adc" else UNIT_TOL
+        np.testing.assert_allclose(image[inner], expected[inner], atol=tol)
+        np.testing.assert_allclose(confidence, conf_value, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["iso", "aniso", "lps", "oblique", "sagittal"])
+def test_run_on_arrays_matches_the_model_function(synth: Synthesizer, kind: str) -> None:
+    volumes = fields()
+    affine = make_affine(kind)
+    out = synth.run({"t2": volumes["t2"], "flair": volumes["flair"]}, ["t2", "flair"], ["dwi", "adc"],
+                    affine=affine)
+    check(out, volumes, ["t2", "flair"], ["dwi", "adc"], affine)
+
+
+def test_range_target_comes_back_in_physical_units(synth: Synthesizer) -> None:
+    volumes = fields()
+    out = synth.run({"t2": volumes["t2"], "flair": volumes["flair"]}, None, ["adc"])
+    adc = out["adc"][0]
+    assert adc.max() > 1000  # 0..4000 units, not [0, 1]
+    assert list(out) == ["adc"]  # N=1 of the bundle's 2: the padded target is dropped
+
+
+def test_fewer_sources_than_k_marks_slots_absent(synth: Synthesizer) -> None:
+    volumes = fields()
+    info = volume_info(SHAPE, make_affine("aniso"), "t1")
+    out = synth.run({"T1W": (volumes["t1"], info)}, ["t1w"], ["dwi", "adc"])  # aliases resolve
+    check(out, volumes, ["t1"], ["dwi", "adc"], make_affine("aniso"))  # confidence 1/2
+
+
+def test_fixed_batch_bundle_gives_the_same_result(synth: Synthesizer, fixed_bundle_dir: Path) -> None:
+    volumes = {m: v for m, v in fields().items() if m != "t1"}
+    with Synthesizer(fixed_bundle_dir, backend="cpu") as fixed:
+        assert fixed.batch_size == 4
+        a = fixed.run(volumes, None, ["dwi"])["dwi"][0]
+    np.testing.assert_allclose(a, synth.run(volumes, None, ["dwi"])["dwi"][0], atol=1e-6)
+
+
+def test_slices_without_brain_are_zero(synth: Synthesizer) -> None:
+    volumes = {m: v.copy() for m, v in fields().items() if m != "t1"}
+    for v in volumes.values():
+        v[:, :, 8:] = 0  # no head in the top three slices
+    out = synth.run(volumes, ["t2", "flair"], ["dwi", "adc"])
+    for image, confidence in out.values():
+        assert np.all(image[:, :, 8:] == 0) and np.all(confidence[:, :, 8:] == 0)
+        assert np.all(confidence[:, :, :8] > 0.9)
+
+
+@pytest.mark.parametrize("sources, targets, error, message", [
+    (["t2", "foo"], ["dwi"], BundleError, "case7: unknown modality 'foo'"),
+    (["t2"], ["mri"], BundleError, "unknown modality 'mri'"),
+    (["t1", "t2", "flair"], ["dwi"], BundleError, "3 sources .* at most K=2"),
+    (["t2"], ["t1", "dwi", "adc"], BundleError, "3 targets .* at most N=2"),
+    (["t2", "flair"], ["flair"], DataError, "'flair' is both a source and a target"),
+    (["t2", "t2"], ["dwi"], DataError, "sources listed twice"),
+    ([], ["dwi"], DataError, "at least one source"),
+])
+def test_bad_requests_name_the_case(synth: Synthesizer, sources: list[str], targets: list[str],
+                                    error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        synth.request(sources, targets, name="case7")
+
+
+def test_missing_volume_and_bad_reference(synth: Synthesizer) -> None:
+    volumes = fields()
+    with pytest.raises(DataError, match="input: missing modality 'flair'"):
+        synth.run({"t2": volumes["t2"]}, ["t2", "flair"], ["dwi"])
+    with pytest.raises(DataError, match="reference 't1' is not one of the sources"):
+        synth.run({"t2": volumes["t2"]}, None, ["dwi"], reference="t1")
+
+
+def test_bad_arrays_are_refused(synth: Synthesizer) -> None:
+    with pytest.raises(DataError, match="input/t2: expected a 3-D array"):
+        synth.run({"t2": np.ones((4, 4))}, None, ["dwi"])
+    bad = fields()["t2"].copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="input/t2: contains 1 NaN"):
+        synth.run({"t2": bad}, None, ["dwi"])
+
+
+def test_reference_resamples_other_grids(synth: Synthesizer) -> None:
+    volumes = fields()
+    shifted = make_affine("iso")
+    shifted[0, 3] += 0.5
+    inputs = {"t2": (volumes["t2"], volume_info(SHAPE, make_affine("iso"), "t2")),
+              "flair": (volumes["flair"], volume_info(SHAPE, shifted, "flair"))}
+    with pytest.raises(DataError, match="t2|flair"):
+        synth.run(inputs, None, ["dwi"])
+    out = synth.run(inputs, None, ["dwi"], reference="t2")
+    assert out["dwi"][0].shape == SHAPE
+
+
+def test_batch_size_outside_the_bundle_range(bundle_dir: Path) -> None:
+    with pytest.raises(BundleError, match="batch size 9 is outside the bundle's range 1..8"):
+        Synthesizer(load_bundle(bundle_dir), backend="cpu", batch_size=9)
+
+
+def test_volume_info_carries_zooms() -> None:
+    info = volume_info(SHAPE, make_affine("aniso"), "x")
+    assert isinstance(info, VolumeInfo)
+    np.testing.assert_allclose(info.zooms, [0.9, 1.2, 3.0])
+
+
+def test_run_case_writes_a_whole_folder_or_nothing(tmp_path: Path, synth: Synthesizer) -> None:
+    case = write_case(tmp_path / "case9", "lps")
+    report = synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out", png=True)
+    assert report.ok and report.slices == SHAPE[2]
+    assert sorted(p.name for p in (tmp_path / "out" / "case9").iterdir()) == [
+        "adc.nii.gz", "adc_confidence.nii.gz", "montage.png"]
+    with pytest.raises(DataError, match="already exists"):
+        synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out")
+    (case / "flair.nii.gz").unlink()
+    with pytest.raises(DataError, match="missing modality 'flair'"):
+        synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
