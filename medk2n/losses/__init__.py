@@ -1,0 +1,58 @@
+"""Training objective of Med-K2N (paper eq. 14) and of the baseline.
+
+    L = l1 * L1 + ssim * (1 - SSIM) + cmim * L_con + metric * L_tri + quality * L_q
+
+L1 covers the selected image and, averaged, every candidate head: in eval
+TaskHeadNet outputs one head alone, so each must be a full synthesis rather
+than one half of a soft mixture that only works in training.
+
+CMIM terms (L_con, L_tri) exist only for models built with CMIM switched on
+(config.ABLATIONS "cmim"), i.e. whose detailed output carries `image_embed`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medk2n.config import LossConfig
+from medk2n.losses.cmim import contrastive_loss, triplet_loss
+from medk2n.losses.image import masked_l1, ssim
+from medk2n.losses.quality import quality_loss
+from medk2n.models.output import K2NOutput
+
+
+def total_loss(
+    out: K2NOutput,
+    target: torch.Tensor,
+    tgt: torch.Tensor,
+    model: nn.Module,
+    cfg: LossConfig,
+    mask: torch.Tensor | None = None,
+    tgt_valid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 14 over the valid targets.
+
+    target [B,N,H,W]; tgt [B,N]; mask [B,N,H,W] pixel weights for L1/SSIM
+    (None = every pixel); tgt_valid [B,N] (0 = padded target, excluded from
+    every term; None = all valid). Returns the loss and the value of each
+    term, {"l1", "ssim" (= 1 - SSIM), "cmim", "metric", "quality"}, as floats.
+    """
+    valid = torch.ones_like(target[:, :, 0, 0]) if tgt_valid is None else tgt_valid.to(target.dtype)
+    weight = valid[:, :, None, None].expand_as(target)
+    if mask is not None:
+        weight = weight * mask.to(target.dtype)
+    terms = {
+        "l1": masked_l1(out.images, target, weight) + masked_l1(out.candidates, target.unsqueeze(2), weight.unsqueeze(2)),
+        "ssim": 1.0 - ssim(out.images, target, weight),
+        "quality": quality_loss(out, target, valid),
+    }
+    if out.image_embed is not None:
+        terms["cmim"] = contrastive_loss(out.image_embed, model.text_embeddings, tgt, valid, cfg.temperature)
+        terms["metric"] = triplet_loss(
+            out.image_embed, model.embed_images(target), tgt, valid, out.source_embed, out.src, out.avail, cfg.margin
+        )
+    else:
+        terms["cmim"] = terms["metric"] = torch.zeros((), device=target.device)
+    loss = sum(getattr(cfg, name) * value for name, value in terms.items())
+    return loss, {name: float(value.detach()) for name, value in terms.items()}

@@ -106,7 +106,7 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.n
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: unreadable safetensors: {exc}") from None
     text = state.get("text_embeddings")
-    model = build_model(cfg.model, text_embeddings=text)
+    model = build_model(cfg.model, text_embeddings=text, pretrained=False)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(

@@ -24,9 +24,12 @@ from medk2n.cli_util import debug_option, run_cli
 @click.option("--arch", type=click.Choice(["medk2n", "unet"]), default=None, help="Override model.arch.")
 @click.option("--encoder-checkpoint", type=click.Path(path_type=Path), default=None,
               help="Official SAM2 checkpoint (.pt, state dict under 'model') to initialise the encoder.")
+@click.option("--budget-minutes", type=float, default=None,
+              help="Wall-clock budget: stop (validate and save) once it is spent.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 @debug_option
-def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_checkpoint, no_progress, debug):
+def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_checkpoint, budget_minutes,
+         no_progress, debug):
     """Train on DATASET and write OUT/checkpoints/{best,last}/ (model.safetensors + config.json)."""
 
     def body() -> int:
@@ -47,7 +50,7 @@ def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_c
         if out.exists() and any(out.iterdir()) and not resume:
             raise DataError(f"{out}: run folder exists and is not empty (use --resume or a new --out)")
         result = train(cfg, data, out, max_steps=max_steps, resume=resume, device=device,
-                       progress=not no_progress)
+                       progress=not no_progress, budget_minutes=budget_minutes)
         click.echo(f"trained to step {result.step}; best held-out masked PSNR {result.best_metric:.2f} dB; "
                    f"checkpoints in {out / 'checkpoints'}")
         return 0

@@ -95,15 +95,26 @@ def train(
     resume: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    budget_minutes: float | None = None,
+    stop_at_step: int | None = None,
 ) -> TrainResult:
+    """Train to `max_steps` (or the config's).
+
+    `budget_minutes` and `stop_at_step` end the run early, validated and saved,
+    exactly as SIGTERM does, without changing the schedule: a later `--resume`
+    then continues the same cosine curve and curriculum.
+    """
     ctx = setup(device)
+    deadline = time.monotonic() + 60.0 * budget_minutes if budget_minutes else math.inf
     try:
-        return _train(cfg, Path(data_dir), Path(run_dir), max_steps, resume, ctx, progress)
+        return _train(cfg, Path(data_dir), Path(run_dir), max_steps, resume, ctx, progress, deadline,
+                      stop_at_step)
     finally:
         teardown(ctx)
 
 
-def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress) -> TrainResult:
+def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress, deadline,
+           stop_at_step) -> TrainResult:
     tc = cfg.train
     if max_steps is not None:
         tc.max_steps = int(max_steps)
@@ -164,6 +175,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
                    "slices_per_s": batch["x"].shape[0] * ctx.world_size / (time.perf_counter() - t0)}
             history.append(row)
             logger.log_train(row, every=tc.log_every)
+            if time.monotonic() > deadline or (stop_at_step is not None and step >= stop_at_step):
+                stop["flag"] = True
             if step % tc.val_every == 0 or step == tc.max_steps or stop["flag"]:
                 metrics = validate(model, val_set, cfg, ctx.device)
                 score = all_reduce_mean(metrics["masked_psnr"], ctx)

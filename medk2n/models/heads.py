@@ -1,0 +1,133 @@
+"""TaskHeadNet: candidate decoders per target, a quality evaluator, and selection.
+
+Every target gets `num_candidate_heads` decoders from the fused stride-8 state
+(plus the base frame's stride-4 FPN level for detail) up to full resolution.
+A quality evaluator predicts each candidate's per-pixel absolute error; it
+only observes the candidates (its inputs are detached), so the quality loss
+trains it to be a calibrated error predictor without pulling the decoders.
+
+Selection is per target image by predicted mean error: a softmax over
+-error in training (every head gets gradient), a one-hot argmin in eval
+(exportable, no branching). Selecting whole images rather than pixels keeps
+seams between heads out of the synthesis, and keeps the exported graph's
+choice stable: near-ties between per-pixel errors would flip under
+float32 reordering between backends, a slice-wide mean practically never does.
+
+Confidence output: c = exp(-e / CONFIDENCE_SCALE) where e is the predicted
+absolute error of the selected candidate in normalised intensity units, so
+c = 1 for a predicted-perfect voxel, 0.37 at an expected error of 0.1 (10 %
+of the modality's normalised range) and -> 0 for large expected errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medk2n.models.blocks import FiLM, SeparableConv, group_norm
+
+CONFIDENCE_SCALE = 0.1
+# Soft selection in training: a 0.01 gap in predicted mean error gives the better head e-times the weight.
+SELECTION_TEMPERATURE = 0.01
+
+
+def confidence_from_error(error: torch.Tensor) -> torch.Tensor:
+    """Per-voxel confidence in (0,1] from a predicted absolute error (see module docstring)."""
+    return torch.exp(-error / CONFIDENCE_SCALE)
+
+
+def upsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class CandidateHead(nn.Module):
+    """Stride 4 -> full resolution; returns (image in (0,1), last hidden features)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        mid, fine = max(dim // 2, 4), max(dim // 4, 4)
+        self.up1 = SeparableConv(dim, mid)
+        self.up2 = SeparableConv(mid, fine)
+        self.out = nn.Conv2d(fine, 1, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.hidden_dim = fine
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.up1(upsample2(x)))
+        h = self.act(self.up2(upsample2(h)))
+        return torch.sigmoid(self.out(h)), h
+
+
+class QualityEvaluator(nn.Module):
+    """Predicted per-pixel absolute error in (0,1) of one candidate, given its features and image."""
+
+    def __init__(self, hidden_dim: int, cond_dim: int) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(hidden_dim + 1, hidden_dim, kernel_size=1)
+        self.film = FiLM(cond_dim, hidden_dim)
+        self.spatial = SeparableConv(hidden_dim, hidden_dim)
+        self.out = nn.Conv2d(hidden_dim, 1, kernel_size=1)
+        self.act = nn.GELU()
+
+    def forward(self, hidden: torch.Tensor, image: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.film(self.inp(torch.cat([hidden, image], dim=1)), c_task))
+        return torch.sigmoid(self.out(self.act(self.spatial(h))))
+
+
+@dataclass
+class HeadOutput:
+    images: torch.Tensor  # [B,N,H,W]
+    confidence: torch.Tensor  # [B,N,H,W]
+    candidates: torch.Tensor  # [B,N,Kh,H,W]
+    quality: torch.Tensor  # [B,N,Kh,H,W] predicted absolute error per candidate
+
+
+class TaskHeadNet(nn.Module):
+    def __init__(self, dim: int, skip_dim: int, num_heads: int) -> None:
+        super().__init__()
+        trunk = max(dim // 2, 8)
+        self.skip = nn.Conv2d(skip_dim, trunk, kernel_size=1)
+        self.merge = nn.Conv2d(dim + trunk, trunk, kernel_size=1)
+        self.spatial = nn.Conv2d(trunk, trunk, kernel_size=3, padding=1, groups=trunk)
+        self.norm = group_norm(trunk)
+        self.film = FiLM(dim, trunk)
+        self.act = nn.GELU()
+        self.heads = nn.ModuleList(CandidateHead(trunk) for _ in range(num_heads))
+        self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
+
+    def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor) -> HeadOutput:
+        """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D]."""
+        n = features.shape[1]
+        skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
+        cond = c_task.flatten(0, 1)
+        t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip], dim=1))
+        t = self.act(self.film(self.norm(self.spatial(t)), cond))
+        images, errors = [], []
+        for head in self.heads:
+            image, hidden = head(t)
+            images.append(image)
+            errors.append(self.evaluator(hidden.detach(), image.detach(), cond))
+        candidates = torch.cat(images, dim=1)  # [M,Kh,H,W]
+        quality = torch.cat(errors, dim=1)
+        image, error = self._select(candidates, quality)
+        return HeadOutput(
+            images=image.unflatten(0, (-1, n)),
+            confidence=confidence_from_error(error).unflatten(0, (-1, n)),
+            candidates=candidates.unflatten(0, (-1, n)),
+            quality=quality.unflatten(0, (-1, n)),
+        )
+
+    def _select(self, candidates: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[M,Kh,H,W] x2 -> selected image and its predicted error map, each [M,H,W]."""
+        score = quality.mean(dim=(2, 3))  # [M,Kh] predicted mean absolute error
+        if self.training:
+            weights = torch.softmax(-score.detach() / SELECTION_TEMPERATURE, dim=1)
+        else:
+            best = torch.argmin(score, dim=1, keepdim=True)
+            heads = torch.arange(score.shape[1], device=score.device)
+            weights = (heads.unsqueeze(0) == best).to(candidates.dtype)
+        weights = weights[:, :, None, None]
+        return (weights * candidates).sum(dim=1), (weights * quality).sum(dim=1)

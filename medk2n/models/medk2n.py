@@ -1,0 +1,112 @@
+"""Med-K2N: K source slices -> N target slices with per-voxel confidence.
+
+    x [B,K,H,W] --SliceEncoder (SAM2 Hiera + LoRA, per-modality input map)--> FPN levels per frame
+              --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
+              --SequentialFusion per target (task memory, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
+              --TaskHeadNet (+ base frame's stride-4 level, task embedding c_task)--> images, confidence
+
+Ablations (config.ABLATIONS) decide which modules exist: B0 builds the
+encoder and heads only and averages the present frames' features; B1 adds
+MultiScaleNet, the task memory and the sequential fusion with quality
+acceptance; B2..B4 add PreWeightNet, ThresholdNet, EffiWeightNet; B5 adds the
+CMIM image embedder used by the training losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medk2n.config import ModelConfig
+from medk2n.errors import ConfigError
+from medk2n.models.blocks import expand_targets, present_mean
+from medk2n.models.cmim import ImageEmbedder
+from medk2n.models.encoder import SIZE_MULTIPLE, SliceEncoder
+from medk2n.models.fusion import SequentialFusion
+from medk2n.models.gates import EffiWeightNet, PreWeightNet, ThresholdNet
+from medk2n.models.heads import TaskHeadNet
+from medk2n.models.lora import merge_lora
+from medk2n.models.memory import TaskMemory
+from medk2n.models.multiscale import MultiScaleNet, SingleScale
+from medk2n.models.output import K2NOutput, check_inputs
+
+
+class MedK2N(nn.Module):
+    def __init__(self, cfg: ModelConfig, text_embeddings: torch.Tensor) -> None:
+        super().__init__()
+        vocab, dim, switches = len(cfg.modalities), cfg.fusion_dim, cfg.switches
+        if tuple(text_embeddings.shape) != (vocab, cfg.text_dim):
+            raise ConfigError(
+                f"text_embeddings must be [{vocab}, {cfg.text_dim}] for this vocabulary, got {tuple(text_embeddings.shape)}"
+            )
+        if cfg.image_size % SIZE_MULTIPLE:
+            raise ConfigError(f"image_size must be a multiple of {SIZE_MULTIPLE} for Hiera, got {cfg.image_size}")
+        self.encoder = SliceEncoder(cfg.encoder, cfg.feature_dim, vocab, cfg.lora_rank, cfg.lora_alpha)
+        self.scales = MultiScaleNet(cfg.feature_dim, dim) if switches["multiscale"] else SingleScale(cfg.feature_dim, dim)
+        self.modality_embed = nn.Embedding(vocab, dim)
+        self.task_embed = nn.Embedding(vocab, dim)
+        self.fusion = (
+            SequentialFusion(
+                dim,
+                TaskMemory(vocab, dim, cfg.memory_slots),
+                PreWeightNet(dim) if switches["preweight"] else None,
+                ThresholdNet(dim, vocab) if switches["threshold"] else None,
+                EffiWeightNet(dim, cfg.eps) if switches["effiweight"] else None,
+            )
+            if switches["task_memory"]
+            else None
+        )
+        self.heads = TaskHeadNet(dim, cfg.feature_dim, cfg.num_candidate_heads)
+        self.embedder = ImageEmbedder(cfg.text_dim) if switches["cmim"] else None
+        self.register_buffer("text_embeddings", text_embeddings.detach().float().clone())
+
+    def forward(
+        self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._synthesize(x, src, tgt, avail)
+        return out.images, out.confidence
+
+    def forward_detailed(
+        self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
+    ) -> K2NOutput:
+        out = self._synthesize(x, src, tgt, avail)
+        if self.embedder is not None:
+            out.image_embed = self.embedder(out.images)
+            out.source_embed = self.embedder(x)
+        return out
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CMIM embedding of real slices [B,N,H,W] -> [B,N,text_dim] (same projector as the generated ones)."""
+        if self.embedder is None:
+            raise ConfigError("this model has CMIM switched off (ablation), so it has no image embedder")
+        return self.embedder(images)
+
+    def merge_lora(self) -> None:
+        merge_lora(self)
+
+    def _synthesize(self, x, src, tgt, avail) -> K2NOutput:
+        check_inputs(x, src, tgt, avail)
+        k, n = x.shape[1], tgt.shape[1]
+        avail = torch.ones_like(x[:, :, 0, 0]) if avail is None else avail.to(x.dtype)
+        levels = self.encoder(x, src)
+        c_modal = self.modality_embed(src)  # [B,K,C]
+        feats = self.scales(levels).unflatten(0, (-1, k)) + c_modal.unsqueeze(-1).unsqueeze(-1)
+        c_task = self.task_embed(tgt)  # [B,N,C]
+        gates: dict[str, torch.Tensor] = {}
+        state_error = None
+        if self.fusion is None:
+            fused = present_mean(feats, avail).unsqueeze(1).expand(-1, n, -1, -1, -1)
+        else:
+            result = self.fusion(
+                expand_targets(feats, n), expand_targets(src, n), tgt.flatten(),
+                expand_targets(avail, n), c_task.flatten(0, 1), expand_targets(c_modal, n),
+            )
+            fused = result.features.unflatten(0, (-1, n))
+            gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
+            state_error = result.error_map[:, 0].unflatten(0, (-1, n))
+        base_detail = levels[0].unflatten(0, (-1, k))[:, 0]
+        heads = self.heads(fused, base_detail, c_task)
+        return K2NOutput(
+            images=heads.images, confidence=heads.confidence, candidates=heads.candidates, quality=heads.quality,
+            src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
+        )

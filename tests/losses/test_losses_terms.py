@@ -1,0 +1,102 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medk2n.config import DEFAULT_MODALITIES
+from medk2n.losses.cmim import contrastive_loss, triplet_loss
+from medk2n.losses.image import masked_l1, ssim
+from medk2n.losses.quality import quality_loss
+from medk2n.models.output import K2NOutput
+
+
+def _smooth(seed: int, shape=(1, 2, 32, 32)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.avg_pool2d(torch.rand(shape[0] * shape[1], 1, 40, 40, generator=g), 9, 1).reshape(shape)
+
+
+def test_masked_l1_ignores_zero_weight_pixels():
+    pred = torch.zeros(1, 1, 4, 4)
+    target = torch.zeros(1, 1, 4, 4)
+    target[..., :2, :] = 1.0
+    weight = torch.zeros(1, 1, 4, 4)
+    weight[..., 2:, :] = 1.0
+    assert masked_l1(pred, target, weight) == 0
+    assert masked_l1(pred, target, torch.ones_like(weight)) == pytest.approx(0.5)
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise():
+    image = _smooth(0)
+    weight = torch.ones_like(image)
+    assert ssim(image, image, weight).item() == pytest.approx(1.0, abs=1e-5)
+    noisy = (image + 0.2 * torch.randn_like(image)).clamp(0, 1)
+    assert ssim(noisy, image, weight) < 0.7
+    pred = noisy.clone().requires_grad_(True)
+    (1 - ssim(pred, image, weight)).backward()
+    assert pred.grad.abs().sum() > 0
+
+
+def _output(candidates, quality, images=None, state_error=None) -> K2NOutput:
+    b, n = candidates.shape[:2]
+    return K2NOutput(
+        images=candidates[:, :, 0] if images is None else images, confidence=torch.ones_like(candidates[:, :, 0]),
+        candidates=candidates, quality=quality, src=torch.zeros(b, 1, dtype=torch.long),
+        tgt=torch.zeros(b, n, dtype=torch.long), avail=torch.ones(b, 1), state_error=state_error,
+    )
+
+
+def test_quality_loss_regresses_the_detached_real_error():
+    target = _smooth(1)
+    candidates = torch.stack([_smooth(2), _smooth(3)], dim=2).requires_grad_(True)
+    real = (candidates - target.unsqueeze(2)).abs().detach()
+    valid = torch.ones(1, 2)
+    exact = quality_loss(_output(candidates, real.clone()), target, valid)
+    assert exact.item() == pytest.approx(0.0, abs=1e-7)
+    quality = torch.zeros_like(real, requires_grad=True)
+    wrong = quality_loss(_output(candidates, quality), target, valid)
+    assert wrong.item() == pytest.approx(real.mean().item(), rel=1e-5)
+    wrong.backward()
+    assert quality.grad.abs().sum() > 0 and candidates.grad is None  # observes, never steers
+
+
+def test_quality_loss_covers_the_fusion_estimate_on_its_grid():
+    target = _smooth(1)
+    images = _smooth(2)
+    pooled = F.avg_pool2d((images - target).abs(), 8)
+    candidates = images.unsqueeze(2)
+    real = (candidates - target.unsqueeze(2)).abs()
+    exact = quality_loss(_output(candidates, real, images, state_error=pooled), target, torch.ones(1, 2))
+    assert exact.item() == pytest.approx(0.0, abs=1e-6)
+    off = quality_loss(_output(candidates, real, images, state_error=pooled + 0.1), target, torch.ones(1, 2))
+    assert off.item() == pytest.approx(0.1, abs=1e-5)
+
+
+def test_cmim_contrastive_prefers_the_correct_modality_text():
+    from medk2n.models.text import modality_text_embeddings
+
+    text = modality_text_embeddings(list(DEFAULT_MODALITIES))
+    t2, flair = DEFAULT_MODALITIES.index("t2"), DEFAULT_MODALITIES.index("flair")
+    g = torch.Generator().manual_seed(0)
+    embed = F.normalize(text[t2] + 0.3 * torch.randn(384, generator=g) / 384**0.5, dim=0).view(1, 1, 384)
+    valid = torch.ones(1, 1)
+    correct = contrastive_loss(embed, text, torch.tensor([[t2]]), valid, temperature=0.07)
+    wrong = contrastive_loss(embed, text, torch.tensor([[flair]]), valid, temperature=0.07)
+    assert correct < wrong
+
+
+def test_triplet_uses_other_modalities_as_negatives_only():
+    a = F.normalize(torch.tensor([1.0, 0.0, 0.0]), dim=0)
+    far = F.normalize(torch.tensor([0.0, 1.0, 0.0]), dim=0)
+    anchor = a.view(1, 1, 3)
+    positive = a.view(1, 1, 3)
+    tgt = torch.tensor([[2]])
+    valid = torch.ones(1, 1)
+    # Source of another modality far away: margin satisfied, no loss.
+    loss = triplet_loss(anchor, positive, tgt, valid, far.view(1, 1, 3), torch.tensor([[0]]), torch.ones(1, 1), 0.2)
+    assert loss.item() == pytest.approx(0.0)
+    # The same image as a source of the *same* modality is not a negative; absent sources neither.
+    same = triplet_loss(anchor, positive, tgt, valid, a.view(1, 1, 3), torch.tensor([[2]]), torch.ones(1, 1), 0.2)
+    absent = triplet_loss(anchor, positive, tgt, valid, a.view(1, 1, 3), torch.tensor([[0]]), torch.zeros(1, 1), 0.2)
+    assert same.item() == 0.0 and absent.item() == 0.0
+    # A negative as close as the positive costs exactly the margin.
+    close = triplet_loss(anchor, positive, tgt, valid, a.view(1, 1, 3), torch.tensor([[0]]), torch.ones(1, 1), 0.2)
+    assert close.item() == pytest.approx(0.2)

@@ -1,0 +1,113 @@
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from medk2n.errors import CheckpointError, ConfigError
+from medk2n.models.encoder import SliceEncoder, load_sam2_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sam2_tiny_state():
+    """The state dict of a real SAM2.1 Hiera-tiny model, made by SAM2's own builder (random weights)."""
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(0)
+    model = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_micro_encoder_levels_and_modality_input():
+    torch.manual_seed(0)
+    encoder = SliceEncoder("hiera_micro", feature_dim=32, num_modalities=7, lora_rank=4, lora_alpha=8.0)
+    x = torch.rand(2, 3, 64, 64)
+    src = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    levels = encoder(x, src)
+    assert [tuple(t.shape) for t in levels] == [(6, 32, 16, 16), (6, 32, 8, 8), (6, 32, 4, 4)]
+    # At init each modality maps [0,1] onto SAM2's ImageNet-normalised input.
+    rgb = encoder.modality_input(torch.ones(1, 1, 2, 2), torch.tensor([[3]]))
+    torch.testing.assert_close(rgb[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_unknown_encoder_preset_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown encoder"):
+        SliceEncoder("hiera_xl", feature_dim=32, num_modalities=7, lora_rank=4, lora_alpha=8.0)
+
+
+def test_official_sam2_checkpoint_loads_into_hiera_t(sam2_tiny_state, tmp_path):
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": sam2_tiny_state}, path)
+    encoder = SliceEncoder("hiera_t", feature_dim=256, num_modalities=7, lora_rank=8, lora_alpha=16.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every encoder key is in the file: nothing to warn about
+        report = load_sam2_checkpoint(encoder, path)
+    assert report == {"missing": [], "unexpected": []}
+    loaded = encoder.image_encoder.state_dict()
+    encoder_keys = [k for k in sam2_tiny_state if k.startswith("image_encoder.")]
+    assert len(encoder_keys) > 100
+    for key in encoder_keys:
+        assert torch.equal(loaded[key[len("image_encoder."):]], sam2_tiny_state[key]), key
+
+
+def test_safetensors_checkpoint_loads_too(sam2_tiny_state, tmp_path):
+    path = tmp_path / "encoder.safetensors"
+    trunk_only = {k: v.contiguous() for k, v in sam2_tiny_state.items() if k.startswith("image_encoder.trunk.")}
+    save_file(trunk_only, str(path))
+    encoder = SliceEncoder("hiera_t", feature_dim=256, num_modalities=7, lora_rank=8, lora_alpha=16.0)
+    with pytest.warns(UserWarning, match="missing"):
+        report = load_sam2_checkpoint(encoder, path)
+    assert report["missing"] and all(k.startswith("neck.") for k in report["missing"])
+    key = "image_encoder.trunk.blocks.3.attn.qkv.weight"
+    assert torch.equal(encoder.image_encoder.state_dict()[key[len("image_encoder."):]], sam2_tiny_state[key])
+
+
+def test_mismatched_checkpoints_raise_checkpoint_error(sam2_tiny_state, tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save({"model": sam2_tiny_state}, path)
+    micro = SliceEncoder("hiera_micro", feature_dim=32, num_modalities=7, lora_rank=4, lora_alpha=8.0)
+    with pytest.raises(CheckpointError, match="shapes do not fit"):
+        load_sam2_checkpoint(micro, path)
+
+    unrelated = tmp_path / "unrelated.pt"
+    torch.save({"model": {"backbone.weight": torch.zeros(3)}}, unrelated)
+    with pytest.raises(CheckpointError, match="no 'image_encoder"):
+        load_sam2_checkpoint(micro, unrelated)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_sam2_checkpoint(micro, garbage)
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_sam2_checkpoint(micro, tmp_path / "absent.pt")
+
+
+def test_build_model_loads_sam2_weights_and_trains_only_trunk_adapters(sam2_tiny_state, tmp_path):
+    from medk2n.config import ModelConfig
+    from medk2n.models import build_model
+
+    path = tmp_path / "sam2.pt"
+    torch.save({"model": sam2_tiny_state}, path)
+    cfg = ModelConfig(encoder="hiera_t", encoder_checkpoint=str(path), image_size=64, fusion_dim=32)
+    model = build_model(cfg, text_embeddings=torch.zeros(7, 384))
+    key = "trunk.blocks.0.attn.qkv.weight"
+    assert torch.equal(model.encoder.image_encoder.state_dict()[key], sam2_tiny_state["image_encoder." + key])
+    trunk = dict(model.encoder.image_encoder.trunk.named_parameters())
+    assert {n for n, p in trunk.items() if p.requires_grad} == {n for n in trunk if "lora_" in n}
+    assert all(p.requires_grad for p in model.encoder.image_encoder.neck.parameters())
+
+    # Restoring from a medk2n checkpoint: same frozen set, the SAM2 file is not read.
+    cfg.encoder_checkpoint = str(tmp_path / "moved_away.pt")
+    restored = build_model(cfg, text_embeddings=torch.zeros(7, 384), pretrained=False)
+    assert [n for n, p in restored.named_parameters() if p.requires_grad] == [
+        n for n, p in model.named_parameters() if p.requires_grad
+    ]
+
+
+def test_untrained_official_encoder_warns():
+    from medk2n.config import ModelConfig
+    from medk2n.models import build_model
+
+    with pytest.warns(UserWarning, match="trains from scratch"):
+        build_model(ModelConfig(image_size=64, fusion_dim=32), text_embeddings=torch.zeros(7, 384))

@@ -1,0 +1,85 @@
+"""After a short training on synthetic two-source slices, the gates tell a noise frame from an informative one.
+
+Data: smooth random blobs. The target (one modality) is the mean of the base
+source and the auxiliary source, so the auxiliary frame carries half the
+answer. In training a third of the samples replace the auxiliary frame with
+uniform noise, and a quarter mark it absent (so the quality estimate Q also
+sees base-only states). The tiny preset's architecture runs at 32x32 here to
+keep the run to seconds.
+
+Over seeds 0-4 at 200 steps the spatial weight w_eff separated the two in
+every run (informative ~0.998, noise 0.001-0.033) and the soft acceptance
+did too (0.94-0.997 vs 0.72-0.98); the global PreWeightNet weight did not
+consistently, so it is printed but not asserted. The hard eval gate accepts
+both here: after training, fusing the (down-weighted) noise no longer makes
+the predicted error worse, which is exactly its rule.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from medk2n.config import LossConfig
+from medk2n.losses import total_loss
+from medk2n.models import build_model
+
+from model_fixtures import random_text, smooth_blobs, tiny_config
+
+SIZE, BATCH, STEPS = 32, 8, 200
+
+
+def _samples(n: int, generator: torch.Generator, noise: torch.Tensor):
+    base, aux = smooth_blobs(n, SIZE, generator), smooth_blobs(n, SIZE, generator)
+    shown = torch.where(noise[:, None, None], torch.rand(n, SIZE, SIZE, generator=generator), aux)
+    return torch.stack([base, shown], dim=1), (0.5 * base + 0.5 * aux).unsqueeze(1)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(tiny_config(image_size=SIZE), text_embeddings=random_text())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    src = torch.tensor([[0, 1]]).repeat(BATCH, 1)
+    tgt = torch.tensor([[2]]).repeat(BATCH, 1)
+    avail = torch.ones(BATCH, 2)
+    avail[:2, 1] = 0.0
+    for _ in range(STEPS):
+        x, y = _samples(BATCH, g, torch.rand(BATCH, generator=g) < 0.5)
+        loss, _ = total_loss(model.forward_detailed(x, src, tgt, avail), y, tgt, model, LossConfig())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.set_num_threads(threads)
+    return model
+
+
+def _gates(model, training: bool) -> dict[str, tuple[float, float]]:
+    """{gate: (mean with informative aux, mean with noise aux)} on 32 held-out slices."""
+    g = torch.Generator().manual_seed(123)
+    x, _ = _samples(32, g, torch.zeros(32, dtype=torch.bool))
+    noisy = x.clone()
+    noisy[:, 1] = torch.rand(32, SIZE, SIZE, generator=g)
+    src, tgt = torch.tensor([[0, 1]]).repeat(32, 1), torch.tensor([[2]]).repeat(32, 1)
+    model.train(training)
+    with torch.no_grad():
+        good, bad = model.forward_detailed(x, src, tgt), model.forward_detailed(noisy, src, tgt)
+    stats = {name: (good.gates[name].mean().item(), bad.gates[name].mean().item()) for name in good.gates}
+    stats["used"] = tuple(  # the share of the auxiliary frame that reaches the fused state
+        (o.gates["accept"][..., None, None] * o.gates["w_eff"]).mean().item() for o in (good, bad)
+    )
+    return stats
+
+
+def test_noise_frame_gets_lower_weights_than_an_informative_one(trained):
+    soft = _gates(trained, training=True)
+    hard = _gates(trained, training=False)
+    print("\ngates (informative, noise)\n  train-mode (soft):", soft, "\n  eval-mode (hard):", hard)
+    assert hard["w_eff"][1] < hard["w_eff"][0] - 0.5
+    assert hard["used"][1] < hard["used"][0] - 0.5
+    assert soft["accept"][1] < soft["accept"][0] - 0.05

@@ -1,0 +1,86 @@
+"""A few real training steps on phantom slices: checkpoints, exact resume, CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from medk2n.config import preset
+from medk2n.train.checkpoint import load_checkpoint
+from medk2n.train.cli import main as train_main
+from medk2n.train.loop import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    from medk2n.data.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("phantom")
+    generate_dataset(root, subjects=3, seed=3, spacing=4.0)
+    return root
+
+
+def tiny_cfg():
+    cfg = preset("tiny")
+    cfg.model.image_size = 32
+    cfg.train.batch_size = 4
+    cfg.train.val_every = 4
+    cfg.train.warmup_steps = 2
+    cfg.train.val_fraction = 0.34
+    return cfg
+
+
+def test_training_writes_loadable_checkpoints(phantom, tmp_path):
+    result = train(tiny_cfg(), phantom, tmp_path / "run", max_steps=4, progress=False)
+    assert result.step == 4 and np.isfinite(result.last_loss)
+    for name in ("best", "last"):
+        model, cfg, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert cfg.model.image_size == 32 and meta["step"] == 4
+        x = torch.rand(1, 2, 32, 32)
+        images, conf = model.eval()(x, torch.tensor([[0, 3]]), torch.tensor([[2]]), torch.ones(1, 2))
+        assert images.shape == (1, 1, 32, 32) and torch.isfinite(conf).all()
+    assert (tmp_path / "run" / "logs" / "val.csv").is_file()
+
+
+def test_resume_continues_with_the_same_losses(phantom, tmp_path):
+    full = train(tiny_cfg(), phantom, tmp_path / "full", max_steps=6, progress=False)
+    # Interrupted at step 4 of a 6-step schedule (what SIGTERM or --budget-minutes do).
+    part = train(tiny_cfg(), phantom, tmp_path / "part", max_steps=6, stop_at_step=4, progress=False)
+    assert part.step == 4
+    resumed = train(tiny_cfg(), phantom, tmp_path / "part", max_steps=6, resume=True, progress=False)
+    assert resumed.history[0]["step"] == 5
+    full_tail = [row["loss"] for row in full.history[4:]]
+    resumed_losses = [row["loss"] for row in resumed.history]
+    np.testing.assert_allclose(resumed_losses, full_tail, rtol=1e-5)
+
+
+def test_cli_rejects_unknown_config_keys_and_empty_datasets(tmp_path, phantom):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny\nmodel:\n  image_sise: 32\n")
+    result = CliRunner().invoke(train_main, ["--config", str(bad), "--data", str(phantom), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "image_sise" in result.output and "Traceback" not in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(train_main, ["--config", "tiny", "--data", str(empty), "--out", str(tmp_path / "r2")])
+    assert result.exit_code == 2 and "empty" in result.output
+    assert not (tmp_path / "r2" / "checkpoints").exists()
+
+
+def test_cli_refuses_to_reuse_a_run_folder(tmp_path, phantom):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(train_main, ["--config", "tiny", "--data", str(phantom), "--out", str(out)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_checkpoint_config_is_json_with_vocabulary(phantom, tmp_path):
+    train(tiny_cfg(), phantom, tmp_path / "run", max_steps=2, progress=False)
+    doc = json.loads((tmp_path / "run" / "checkpoints" / "last" / "config.json").read_text())
+    assert doc["experiment"]["model"]["modalities"][:2] == ["t1", "t1c"]
+    assert doc["experiment"]["model"]["normalization"]["adc"]["kind"] == "range"
