@@ -1,0 +1,62 @@
+"""`medk2n-export`: checkpoint folder -> verified bundle (thin CLI over `export_bundle`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import click
+
+from medk2n.cli_util import debug_option, run_cli
+from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint_dir", type=click.Path(path_type=Path))
+@click.option("--k", "k", type=int, required=True, help="Number of source modalities the graph takes.")
+@click.option("--n", "n", type=int, required=True, help="Number of target modalities the graph produces.")
+@click.option("--engine", type=click.Choice(ENGINES), default="onnx", show_default=True,
+              help="trt also builds a TensorRT plan (needs the [trt] extra and an NVIDIA GPU).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--size", type=int, default=None, help="Image size (default: the checkpoint's image_size).")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder for calibration and checks (default: phantom subjects).")
+@click.option("--calib-slices", type=int, default=64, show_default=True, help="INT8 calibration slices.")
+@click.option("--batch", default="1", show_default=True, help="Fixed batch N, or MIN:OPT:MAX for a dynamic batch.")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
+@click.option("--force", is_flag=True, help="Write the bundle even when parity/accuracy is outside tolerance.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create.")
+@debug_option
+def cli(checkpoint_dir: Path, k: int, n: int, engine: str, precision: str, size: int | None, calib: Path | None,
+         calib_slices: int, batch: str, opset: int, force: bool, overwrite: bool, out: Path, debug: bool) -> None:
+    """Export CHECKPOINT_DIR to a bundle: ONNX (FP32/FP16/INT8) [+ TensorRT plan] + manifest.json."""
+
+    def body() -> int:
+        from medk2n.export.exporter import ExportOptions, export_bundle
+
+        options = ExportOptions(
+            checkpoint=checkpoint_dir, out=out, k=k, n=n, engine=engine, precision=precision, size=size,
+            calib=calib, calib_slices=calib_slices, batch=batch, opset=opset, force=force, overwrite=overwrite,
+        )
+        result = export_bundle(options, progress=lambda msg: click.echo(msg, err=True))
+        manifest = result.manifest
+        click.echo(f"bundle: {result.path}")
+        for model in manifest.models:
+            click.echo(f"  {model.file}  ({model.format}, {model.precision})")
+        click.echo("parity: " + json.dumps(manifest.parity, sort_keys=True))
+        click.echo("accuracy: " + json.dumps(manifest.accuracy, sort_keys=True))
+        click.echo("timings (s): " + json.dumps(result.timings))
+        return 0
+
+    run_cli(body, debug)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point `medk2n-export`."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="medk2n-export")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The module that gets traced: a Med-K2N model pinned to fixed K sources and N targets.
+
+In eval mode the model's gates are hard (`torch.where`) and head selection is
+an argmax, so there is no Python branching on tensor values; its loops over
+the K-1 auxiliary frames (sequential fusion, paper eqs. 4-11) and the N target
+heads (eq. 12) have trip counts fixed by the input shapes and unroll into one
+static graph when traced with fixed K and N. Modality identities stay inputs
+(`src`, `tgt`), and `avail` turns one K-source graph into every 1..K-source
+task, so a single K=2/N=4 graph serves all 2->4 and 1->4 combinations.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from medk2n.errors import ExportError
+from medk2n.export.spec import GraphSpec
+
+
+class FixedKN(nn.Module):
+    """`(x, src, tgt, avail) -> (images, confidence)` with every input required."""
+
+    def __init__(self, model: nn.Module, k: int, n: int) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+        self.n = n
+
+    def forward(
+        self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[1] != self.k or src.shape[1] != self.k or avail.shape[1] != self.k or tgt.shape[1] != self.n:
+            raise ExportError(
+                f"graph is fixed to K={self.k}, N={self.n}; got x {tuple(x.shape)}, tgt {tuple(tgt.shape)}"
+            )
+        images, confidence = self.model(x, src, tgt, avail)
+        return images, confidence
+
+
+def prepare_for_export(model: nn.Module, spec: GraphSpec) -> tuple[FixedKN, nn.Module]:
+    """Return (graph to trace, PyTorch reference).
+
+    The reference is an untouched eval-mode copy, so the parity check also
+    covers the LoRA merge that only the traced copy receives.
+    """
+    reference = copy.deepcopy(model).eval()
+    merged = model.eval()
+    merged.merge_lora()
+    for param in merged.parameters():
+        param.requires_grad_(False)
+    return FixedKN(merged, spec.k, spec.n).eval(), reference
+
+
+def example_inputs(spec: GraphSpec, vocab_size: int, batch: int) -> tuple[torch.Tensor, ...]:
+    """Valid inputs of the traced shape: distinct source ids, targets from the rest."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, spec.k, spec.size, spec.size, generator=generator)
+    ids = torch.stack([torch.randperm(vocab_size, generator=generator) for _ in range(batch)])
+    src = ids[:, : spec.k]
+    rest = ids[:, spec.k :]
+    tgt = rest[:, torch.arange(spec.n) % rest.shape[1]]
+    avail = torch.ones(batch, spec.k)
+    return x, src.contiguous(), tgt.contiguous(), avail

@@ -1,0 +1,73 @@
+import math
+
+import numpy as np
+import pytest
+
+from medk2n.errors import ExportError
+from medk2n.export import verify
+
+
+def _outputs(images, confidence=None):
+    return {"images": images, "confidence": images if confidence is None else confidence}
+
+
+def test_psnr_known_value_and_cap():
+    a = np.zeros((4, 4), np.float32)
+    b = np.full((4, 4), 0.1, np.float32)
+    assert verify.psnr(a, b) == pytest.approx(20.0)
+    assert verify.psnr(a, a) == verify.PSNR_CAP_DB
+    assert math.isfinite(verify.psnr(a, a))
+
+
+def test_psnr_mask_only_counts_masked_voxels():
+    a = np.zeros((2, 4, 4), np.float32)
+    b = a.copy()
+    b[:, 0, 0] = 1.0  # error outside the mask
+    b[:, 1:, :] = 0.1
+    mask = np.zeros((4, 4), bool)
+    mask[1:, :] = True
+    assert verify.psnr(a, b, mask) == pytest.approx(20.0)
+    assert verify.psnr(a, b) < 20.0
+
+
+def test_fp32_parity_tolerates_isolated_selection_flips_only():
+    rng = np.random.default_rng(0)
+    ref = rng.random((2, 4, 32, 32)).astype(np.float32)
+    flipped = ref.copy()
+    flipped[0, 0, 0, 0] += 0.2  # one voxel where the argmin picked another candidate
+    assert verify.fp32_parity(_outputs(ref), _outputs(flipped))["passed"]
+    shifted = ref + 2e-3  # every voxel off: an export bug
+    result = verify.fp32_parity(_outputs(ref), _outputs(shifted))
+    assert not result["passed"]
+    assert result["images"]["outliers"] == 1.0
+    assert result["images"]["max_abs"] == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_fp16_parity_gates_on_psnr():
+    ref = np.full((1, 1, 8, 8), 0.5, np.float32)
+    assert verify.fp16_parity(_outputs(ref), _outputs(ref + 1e-3))["passed"]  # 60 dB
+    assert not verify.fp16_parity(_outputs(ref), _outputs(ref + 0.05))["passed"]  # 26 dB
+
+
+def test_int8_drop():
+    assert verify.int8_drop(30.0, 29.5)["passed"]
+    result = verify.int8_drop(30.0, 28.0)
+    assert not result["passed"] and result["drop_db"] == 2.0
+
+
+def test_gate_refuses_unless_forced():
+    result = verify.int8_drop(30.0, 20.0)
+    with pytest.raises(ExportError, match="outside tolerance.*--force"):
+        verify.gate(result, "INT8", force=False)
+    verify.gate(result, "INT8", force=True)
+    assert result["forced"] is True and result["passed"] is False
+
+
+def test_check_finite_names_output():
+    with pytest.raises(ExportError, match="'confidence' has 1 NaN/Inf"):
+        verify.check_finite({"images": np.zeros(3), "confidence": np.array([0.0, np.inf])}, "model.fp16.onnx")
+
+
+def test_figure_rounds_to_six_significant_digits():
+    assert verify.figure(1.234567891) == 1.23457
+    assert verify.figure(1.23456789e-7) == 1.23457e-7
