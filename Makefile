@@ -31,9 +31,48 @@ $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	$(BASE_VENV)/bin/pip install --quiet --disable-pip-version-check .
 	touch $@
 
-demo: $(VENV)/.installed
-	$(BIN)/medk2n-data phantom --out $(DEMO)/data --subjects 8 --seed 0
-	$(BIN)/medk2n-data check $(DEMO)/data
+# The demo walks the whole product on phantom data: generate -> check ->
+# train (tiny preset, ~10 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
+# run the torch-free runtime on held-out cases -> evaluate against references.
+# Each stage leaves a stamp, so re-running `make demo` resumes where it stopped.
+DEMO_STEPS ?= 2000
+DEMO_BUDGET_MIN ?= 12
+
+demo: $(DEMO)/eval/metrics.json
+	@echo
+	@cat $(DEMO)/eval/metrics.md
+	@echo "demo outputs: $(DEMO)/out/<case>/ (NIfTI + montage.png), evaluation: $(DEMO)/eval/"
+
+$(DEMO)/train/.done: $(VENV)/.installed
+	rm -rf $(DEMO)/train $(DEMO)/test
+	$(BIN)/medk2n-data phantom --out $(DEMO)/train --subjects 8 --seed 0
+	$(BIN)/medk2n-data phantom --out $(DEMO)/test --subjects 3 --seed 1000
+	$(BIN)/medk2n-data check $(DEMO)/train
+	$(BIN)/medk2n-data check $(DEMO)/test
+	touch $@
+
+$(DEMO)/run/.done: $(DEMO)/train/.done
+	rm -rf $(DEMO)/run
+	$(BIN)/medk2n-train --config tiny --data $(DEMO)/train --out $(DEMO)/run \
+		--max-steps $(DEMO_STEPS) --budget-minutes $(DEMO_BUDGET_MIN)
+	touch $@
+
+$(DEMO)/bundle-%/manifest.json: $(DEMO)/run/.done
+	rm -rf $(DEMO)/bundle-$*
+	$(BIN)/medk2n-export $(DEMO)/run/checkpoints/best --k 2 --n 4 --precision $* \
+		--calib $(DEMO)/train --batch 1:8:16 --out $(DEMO)/bundle-$*
+
+$(DEMO)/out/.done: $(DEMO)/bundle-fp32/manifest.json $(DEMO)/bundle-int8/manifest.json
+	rm -rf $(DEMO)/out
+	$(BIN)/medk2n-run $(DEMO)/bundle-int8 $(DEMO)/test/*/ --sources flair,adc --targets dwi,t2,t1,pd \
+		--out $(DEMO)/out --png --json $(DEMO)/run-int8.json
+	touch $@
+
+$(DEMO)/eval/metrics.json: $(DEMO)/out/.done
+	$(BIN)/medk2n-eval $(DEMO)/bundle-fp32 $(DEMO)/test --sources flair,adc --targets dwi,t2,t1,pd \
+		--train-data $(DEMO)/train --out $(DEMO)/eval/metrics.json > /dev/null
+	$(BIN)/medk2n-eval $(DEMO)/bundle-int8 $(DEMO)/test --sources flair,adc --targets dwi,t2,t1,pd \
+		--train-data $(DEMO)/train --out $(DEMO)/eval-int8/metrics.json > /dev/null
 
 test: $(VENV)/.installed $(BASE_VENV)/.installed
 	MEDK2N_BASE_PYTHON=$(CURDIR)/$(BASE_VENV)/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS)
