@@ -1,0 +1,122 @@
+"""`medk2n-bench`: latency, quality and README results (thin CLI over the benchmark modules)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import click
+
+from medk2n.cli_util import debug_option, run_cli
+
+RESULTS = Path("benchmarks/results")
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Benchmarks whose results the README quotes: latency, quality, readme."""
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint folder: the torch eager FP32 baseline.")
+@click.option("--bundles", "bundles", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Bundle folder(s) exported from that checkpoint; more may follow as arguments.")
+@click.argument("more_bundles", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--threads", type=int, default=None, help="CPU threads for every backend [default: all CPUs].")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Untimed calls before timing.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Timed calls per backend and batch.")
+@click.option("--volume-case", type=click.Path(path_type=Path), default=None,
+              help="Case folder for the slices and the end-to-end run [default: a 1.5 mm phantom subject].")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@click.option("--tag", default=None, help="Name the files latency-<tag>.* (e.g. an H100 run beside the CPU one).")
+@debug_option
+def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Path, ...], batch_sizes: str,
+            threads: int | None, warmup: int, iters: int, volume_case: Path | None, out: Path, tag: str | None,
+            debug: bool) -> None:
+    """Time torch eager and every bundle on every backend here, on the same slices and threads."""
+
+    def body() -> int:
+        from medk2n.benchmarks.latency import LatencyOptions, parse_batch_sizes, run_latency
+        from medk2n.benchmarks.latency_report import result_stem, write_latency
+
+        result_stem(tag)  # a bad --tag fails before minutes of measuring
+        opts = LatencyOptions(checkpoint=checkpoint, bundles=[*bundles, *more_bundles],
+                              batch_sizes=parse_batch_sizes(batch_sizes), threads=threads or _cpus(),
+                              warmup=warmup, iters=iters, volume_case=volume_case)
+        results = run_latency(opts, progress=_progress)
+        for row in results["rows"]:
+            click.echo(f"{row['backend']:<12} {row['model']:<16} {row['precision']:<5} batch {row['batch']:>3}: "
+                       f"p50 {row['p50_ms']:.2f} ms, {row['slices_per_s']:.1f} slices/s, "
+                       f"{row['speedup']:.2f}x vs {row['speedup_vs']}" if row["status"] == "ok"
+                       else f"{row['backend']:<12} {row['model']:<16} batch {row['batch']}: failed: {row['reason']}")
+        for row in results["not_run"]:
+            click.echo(f"{row['backend']:<12} {row['model']:<16} not run: {row['reason']}")
+        e2e = results["e2e"]
+        click.echo(f"end to end: pre+post+IO = {e2e['overhead_pct_of_infer']:.1f} % of infer "
+                   f"(target < {e2e['target_pct']:.0f} %)")
+        for path in write_latency(results, out, tag):
+            click.echo(f"wrote {path}")
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--budget-minutes", type=float, default=30.0, show_default=True, help="Training budget per model.")
+@click.option("--preset", default="tiny", show_default=True, help="Model preset to train and compare.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def quality(data: Path, budget_minutes: float, preset: str, seed: int, out: Path, debug: bool) -> None:
+    """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
+
+    def body() -> int:
+        from medk2n.benchmarks.quality import run_quality
+
+        run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress)
+        click.echo(f"wrote quality results to {out}")
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
+@click.option("--results", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@click.option("--readme", type=click.Path(path_type=Path, dir_okay=False), default=Path("README.md"),
+              show_default=True)
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when the README is out of date.")
+@debug_option
+def readme(results: Path, readme: Path, check: bool, debug: bool) -> None:
+    """Regenerate the README between <!-- BEGIN RESULTS --> and <!-- END RESULTS --> from the results."""
+
+    def body() -> int:
+        from medk2n.benchmarks.readme import update_readme
+
+        changed = update_readme(results, readme, check=check)
+        if check and changed:
+            click.echo(f"{readme}: results section is out of date; run `medk2n-bench readme`", err=True)
+            return 1
+        click.echo(f"{readme}: {'updated' if changed else 'up to date'}")
+        return 0
+
+    run_cli(body, debug)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="medk2n-bench")
+
+
+if __name__ == "__main__":
+    main()

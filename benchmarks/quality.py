@@ -1,0 +1,336 @@
+"""`medk2n-bench quality`: Med-K2N, its ablation ladder and the U-Net baseline, trained alike, scored alike.
+
+Every method trains on the same subject split, with the same seed (same
+batches) and the same wall-clock budget, then is scored on the held-out
+subjects by the `medk2n-eval` protocol for each K->N task. The full model
+(B5) is exported with K=2, N=4 and each precision's ONNX model is scored the
+same way, so the FP16/INT8 drop is measured on whole held-out volumes.
+
+Equal budget, fitted schedule: the cosine rate and the curriculum are
+functions of `max_steps`, so each method first runs PROBE_STEPS steps
+(warm-up and the first curriculum stage, which do not depend on
+`max_steps`), its measured step time sets `max_steps` so the schedule ends at
+the budget, and the run resumes from there. The probe counts against the
+budget; the deadline inside `train()` is what stops every method.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medk2n.benchmarks.quality_report import assemble, jsonable, write_outputs
+from medk2n.config import ABLATIONS, ExperimentConfig
+from medk2n.config import preset as load_preset
+from medk2n.data.cases import Case, discover_dataset
+from medk2n.errors import ConfigError, DataError, MedK2NError
+
+REFERENCE = "B5"
+METHODS = (*ABLATIONS, "unet")  # B0..B5, then the baseline
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORT_K, EXPORT_N = 2, 4
+PROBE_STEPS = 5
+UNBOUNDED_STEPS = 10**9  # provisional max_steps of the probe: keeps its curriculum in the first stage
+
+
+@dataclass(frozen=True)
+class Task:
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{','.join(self.sources)}->{','.join(self.targets)}"
+
+
+DEFAULT_TASKS = (
+    Task(("flair",), ("adc", "dwi")),  # 1 -> 2
+    Task(("adc", "flair"), ("dwi",)),  # 2 -> 1
+    Task(("flair", "adc"), ("dwi", "t2", "t1", "pd")),  # 2 -> 4
+)
+
+
+def parse_task(text: str) -> Task:
+    """`flair,adc->dwi,t2` -> Task(("flair","adc"), ("dwi","t2"))."""
+    left, arrow, right = text.partition("->")
+    sources = tuple(m.strip().lower() for m in left.split(",") if m.strip())
+    targets = tuple(m.strip().lower() for m in right.split(",") if m.strip())
+    if not arrow or not sources or not targets:
+        raise ConfigError(f"task {text!r}: write it as SOURCES->TARGETS, e.g. flair,adc->dwi,t2")
+    return Task(sources, targets)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one benchmark run compares; recorded in quality.json as its settings."""
+
+    preset: str
+    seed: int
+    budget_minutes: float
+    methods: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    test_fraction: float
+    precisions: tuple[str, ...]
+    overrides: dict
+    device: str
+
+    def settings(self) -> dict:
+        return {"preset": self.preset, "seed": self.seed, "budget_minutes": self.budget_minutes,
+                "methods": list(self.methods), "test_fraction": self.test_fraction,
+                "export_precisions": list(self.precisions), "overrides": self.overrides, "device": self.device,
+                "probe_steps": PROBE_STEPS}
+
+
+def run_quality(
+    data: Path,
+    budget_minutes: float,
+    out: Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+    *,
+    methods: Sequence[str] = METHODS,
+    tasks: Sequence[Task | str] = DEFAULT_TASKS,
+    test_fraction: float = 0.3,
+    export_precisions: Sequence[str] = PRECISIONS,
+    overrides: dict | None = None,
+    device: str = "cpu",
+    work: Path | None = None,
+) -> dict:
+    """Train, evaluate and export as the module docstring says; write quality.{json,md,png} to `out`.
+
+    budget_minutes is the training wall-clock budget of *each* method.
+    overrides: {"model"|"train"|"loss": {field: value}} applied on top of the
+    preset for every method (e.g. a smaller image size for tests).
+    work: keep checkpoints, bundles and split folders there (default: a
+    temporary folder, removed at the end).
+    Returns the results dict that quality.json holds.
+    """
+    plan = Plan(preset, seed, budget_minutes, tuple(_check_methods(methods)),
+                tuple(parse_task(t) if isinstance(t, str) else t for t in tasks), test_fraction,
+                tuple(export_precisions), dict(overrides or {}), device)
+    bad = [p for p in plan.precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"export precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
+    if budget_minutes <= 0:
+        raise ConfigError(f"budget must be positive, got {budget_minutes} minutes")
+    if work is not None:
+        return _run(plan, Path(data), Path(out), Path(work), progress)
+    with tempfile.TemporaryDirectory(prefix="medk2n-quality-") as tmp:
+        return _run(plan, Path(data), Path(out), Path(tmp), progress)
+
+
+def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str], None]) -> dict:
+    split = split_dataset(data, work / "split", plan.tasks, plan.test_fraction, plan.seed)
+    progress(f"split: {len(split['train'])} training subjects, {len(split['test'])} test subjects")
+    _warm_text_embeddings(method_config(plan.preset, plan.methods[0], plan.seed, plan.overrides), plan.methods)
+    rows, runs, examples = [], {}, {}
+    for method in plan.methods:
+        cfg = method_config(plan.preset, method, plan.seed, plan.overrides)
+        progress(f"{method}: training for {plan.budget_minutes:g} min")
+        runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
+                                           60.0 * plan.budget_minutes, plan.device)
+        progress(f"{method}: {runs[method]['steps']} steps; evaluating")
+        start = time.perf_counter()
+        method_rows, examples[method] = evaluate_checkpoint(
+            runs[method]["checkpoint"], plan.tasks, split, plan.device, references=not rows)
+        rows += [{**r, "method": method} if r["method"] == "model" else r for r in method_rows]
+        runs[method]["eval_seconds"] = round(time.perf_counter() - start, 2)
+    export = {}
+    if plan.precisions and REFERENCE in runs:
+        progress(f"{REFERENCE}: exporting K={EXPORT_K}, N={EXPORT_N} bundles ({', '.join(plan.precisions)})")
+        precision_rows, export = export_and_evaluate(runs[REFERENCE]["checkpoint"], plan.precisions, plan.tasks,
+                                                     split, work / "bundles")
+        rows += precision_rows
+    results = jsonable(assemble(rows, runs, plan.tasks, split, export, REFERENCE, plan.settings()))
+    paths = write_outputs(results, examples, out)
+    progress("wrote " + ", ".join(str(p) for p in paths))
+    return results
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method {unknown[0] if unknown else '(none)'}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def method_config(preset_name: str, method: str, seed: int, overrides: dict | None = None) -> ExperimentConfig:
+    """The preset with the method's switches: an ablation step of Med-K2N, or the U-Net baseline."""
+    cfg = load_preset(preset_name)
+    for section, values in (overrides or {}).items():
+        part = getattr(cfg, section, None)
+        if part is None or section == "name":
+            raise ConfigError(f"override section {section!r}: choose model, train or loss")
+        for key, value in values.items():
+            if not hasattr(part, key):
+                raise ConfigError(f"override {section}.{key}: no such field")
+            setattr(part, key, value)
+    if method == "unet":
+        cfg.model.arch = "unet"
+    else:
+        cfg.model.arch, cfg.model.ablation = "medk2n", method
+    cfg.train.seed = seed
+    cfg.name = f"quality-{method}"
+    return cfg
+
+
+def _warm_text_embeddings(cfg: ExperimentConfig, methods: Sequence[str]) -> None:
+    """Compute the CMIM text embeddings once, before any clock starts (they are cached per process)."""
+    if any(m != "unet" for m in methods):
+        from medk2n.models.text import modality_text_embeddings
+
+        modality_text_embeddings(cfg.model.modalities)
+
+
+# --- split ---------------------------------------------------------------------------------------------------
+
+
+def split_dataset(data: Path, root: Path, tasks: Sequence[Task], test_fraction: float, seed: int) -> dict:
+    """Seeded split by subject into root/train and root/test, as generic case folders of symlinks.
+
+    Only subjects with every modality the tasks use take part, so each method
+    and task sees the same subjects.
+    """
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    needed = sorted({m for t in tasks for m in (*t.sources, *t.targets)})
+    cases = discover_dataset(Path(data))
+    usable = [c for c in cases if all(m in c.files for m in needed)]
+    if len(usable) < 3:
+        raise DataError(f"{data}: need at least 3 subjects with all of {', '.join(needed)} "
+                        f"(2 to train and validate, 1 to test), found {len(usable)}")
+    n_test = min(len(usable) - 2, max(1, round(test_fraction * len(usable))))
+    order = np.random.default_rng(seed).permutation(len(usable))
+    test = sorted(usable[i].name for i in order[:n_test])
+    parts = {"test": [c for c in usable if c.name in test], "train": [c for c in usable if c.name not in test]}
+    for part, members in parts.items():
+        for case in members:
+            _link_case(case, root / part)
+    return {"train": [c.name for c in parts["train"]], "test": test,
+            "excluded": sorted(c.name for c in cases if c not in usable),
+            "train_dir": root / "train", "test_dir": root / "test"}
+
+
+def _link_case(case: Case, part_dir: Path) -> None:
+    """`<part>/<case>/<modality>.nii[.gz]` and `<role>_mask.nii[.gz]` symlinks: any layout becomes generic."""
+    folder = part_dir / re.sub(r"[^A-Za-z0-9._-]", "_", case.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    named = [(m, p) for m, p in case.files.items()] + [(f"{r}_mask", p) for r, p in case.masks.items()]
+    for stem, path in named:
+        suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+        os.symlink(Path(path).resolve(), folder / f"{stem}{suffix}")
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, budget_s: float,
+                        device: str = "cpu") -> dict:
+    """Probe, fit max_steps to the budget, resume to the deadline (see the module docstring)."""
+    from medk2n.train.loop import train
+
+    start = time.perf_counter()
+    probe_steps = max(1, min(PROBE_STEPS, cfg.train.warmup_steps))
+    probe = train(cfg, train_dir, run_dir, max_steps=UNBOUNDED_STEPS, device=device, progress=False,
+                  budget_minutes=budget_s / 60.0, stop_at_step=probe_steps)
+    probe_s = time.perf_counter() - start
+    batch = cfg.train.batch_size
+    step_s = _step_seconds(probe.history, batch)
+    # What the probe spent outside its steps (setup, validation, saving) the resumed run spends again.
+    overhead_s = max(0.0, probe_s - sum(_step_times(probe.history, batch)))
+    remaining_s = budget_s - probe_s
+    result, max_steps = probe, None  # None: the budget ended inside the probe, no schedule was fitted
+    if probe.step >= probe_steps and remaining_s > 0:
+        max_steps = probe.step + max(1, math.floor((remaining_s - overhead_s) / step_s))
+        result = train(cfg, train_dir, run_dir, max_steps=max_steps, resume=True, device=device, progress=False,
+                       budget_minutes=remaining_s / 60.0)
+    seconds = time.perf_counter() - start
+    return {
+        "steps": result.step,
+        "max_steps": max_steps,
+        "schedule_fraction": round(result.step / max_steps, 3) if max_steps else None,
+        "probe_steps": probe.step,
+        "probe_step_seconds": round(step_s, 4),
+        "train_seconds": round(seconds, 2),
+        "last_loss": result.last_loss,
+        "best_val_masked_psnr": result.best_metric,
+        "checkpoint": run_dir / "checkpoints" / "best",
+        # The probe's steps equal those of a run started with max_steps only while they stay
+        # inside warm-up and the first curriculum stage of that run.
+        "probe_matches_schedule": bool(max_steps) and probe.step <= cfg.train.warmup_steps
+        and probe.step <= cfg.train.curriculum[1] * max_steps,
+    }
+
+
+def _step_times(history: list[dict], batch: int) -> list[float]:
+    """Seconds per step, from the slices/s train() logs (one process: batch slices per step)."""
+    return [batch / row["slices_per_s"] for row in history if row.get("slices_per_s")]
+
+
+def _step_seconds(history: list[dict], batch: int) -> float:
+    """Median step time after the first (which pays one-off allocation)."""
+    times = _step_times(history[1:] or history, batch)
+    return max(1e-3, float(np.median(times))) if times else 1.0
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(checkpoint: Path, tasks: Sequence[Task], split: dict, device: str,
+                        references: bool) -> tuple[list[dict], dict]:
+    """Rows (method "model", plus copy/mean-train references when asked) and middle-slice examples per task."""
+    from medk2n.eval.evaluate import evaluate
+    from medk2n.eval.predictor import checkpoint_synthesizer
+
+    rows, examples = [], {}
+    for task in tasks:
+        with checkpoint_synthesizer(checkpoint, len(task.sources), len(task.targets), device=device) as predictor:
+            result = evaluate(predictor, split["test_dir"], task.sources, task.targets,
+                              train_dir=split["train_dir"] if references else None, examples=1)
+        rows += [{**r, "task": task.key} for r in result.rows if references or r["method"] == "model"]
+        examples[task.key] = result.examples
+    return rows, examples
+
+
+def export_and_evaluate(checkpoint: Path, precisions: Sequence[str], tasks: Sequence[Task], split: dict,
+                        root: Path) -> tuple[list[dict], dict]:
+    """One K=2/N=4 bundle per non-FP32 precision (each also holds FP32); every ONNX model scored on ORT CPU."""
+    from medk2n.eval.evaluate import evaluate
+    from medk2n.export.exporter import ExportOptions, export_bundle
+    from medk2n.runtime.synthesizer import Synthesizer
+
+    info: dict = {"k": EXPORT_K, "n": EXPORT_N, "backend": "cpu", "bundles": {}, "errors": {}}
+    bundles: dict[str, Path] = {}
+    for precision in [p for p in precisions if p != "fp32"] or ["fp32"]:
+        start = time.perf_counter()
+        options = ExportOptions(checkpoint=checkpoint, out=root / precision, k=EXPORT_K, n=EXPORT_N,
+                                precision=precision, calib=split["train_dir"], force=True)
+        try:
+            manifest = export_bundle(options).manifest
+        except MedK2NError as exc:
+            info["errors"][precision] = str(exc)
+            continue
+        bundles.setdefault("fp32", options.out)
+        bundles[precision] = options.out
+        info["bundles"][precision] = {"export_seconds": round(time.perf_counter() - start, 2),
+                                      "parity": manifest.parity, "accuracy": manifest.accuracy}
+    rows = []
+    for precision in [p for p in PRECISIONS if p in bundles]:  # FP32 always: the drops are measured against it
+        start = time.perf_counter()
+        for task in tasks:
+            with Synthesizer(bundles[precision], backend="cpu", precision=precision) as predictor:
+                result = evaluate(predictor, split["test_dir"], task.sources, task.targets, examples=0)
+            rows += [{**r, "task": task.key, "method": f"{REFERENCE}:onnx-{precision}", "precision": precision}
+                     for r in result.rows if r["method"] == "model"]
+        info.setdefault("eval_seconds", {})[precision] = round(time.perf_counter() - start, 2)
+    return rows, info
