@@ -4,6 +4,14 @@ Uses the `torch.export`-based exporter (`dynamo=True`, the default since
 torch 2.9; the TorchScript exporter is deprecated): it traces Hiera's window
 partitioning and the unrolled fusion loop into one static graph and runs the
 onnxscript optimiser (constant folding, dead-code removal) on the result.
+
+One rewrite follows (`reorder_gelu`): the exporter writes exact GELU as
+`(0.5 * (1 + erf(x / sqrt2))) * x`, an order ONNX Runtime's GeluFusion does not
+match, so every GELU ran as five elementwise passes and broke ORT's NCHWc conv
+chains in the decoder heads. Reordered to `(x * (1 + erf(x / sqrt2))) * 0.5`
+(the TorchScript exporter's order) ORT fuses it into one Gelu kernel: the FP32
+graph measured ~15-25% faster on CPU (default preset, batch 8). Standard ops
+only, so TensorRT and every other consumer see the same math.
 """
 
 from __future__ import annotations
@@ -15,8 +23,10 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from medk2n.errors import ExportError
 from medk2n.export.spec import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, GraphSpec
@@ -53,6 +63,57 @@ def export_onnx(graph: FixedKN, spec: GraphSpec, vocab_size: int, path: Path) ->
             optimize=True,
             verbose=False,
         )
+    model = onnx.load(str(path))
+    if reorder_gelu(model):
+        onnx.save(model, str(path))
+
+
+def reorder_gelu(model: onnx.ModelProto) -> int:
+    """Rewrite `Mul(Mul(0.5, 1 + erf(x / sqrt2)), x)` in place as `Mul(Mul(x, 1 + erf(x / sqrt2)), 0.5)`.
+
+    Only the two final Muls change inputs (same nodes, same output names), so
+    the graph stays topologically sorted. Returns how many GELUs were rewritten.
+    """
+    graph = model.graph
+    scalars = {i.name: numpy_helper.to_array(i) for i in graph.initializer if np.prod(i.dims) == 1}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            value = numpy_helper.to_array(node.attribute[0].t)
+            if value.size == 1:
+                scalars[node.output[0]] = value
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def is_scalar(name: str, expected: float) -> bool:
+        return name in scalars and bool(np.isclose(float(scalars[name].ravel()[0]), expected, rtol=1e-6))
+
+    def only_consumer(name: str, op_type: str) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    count = 0
+    for erf in [node for node in graph.node if node.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or not is_scalar(div.input[1], float(np.sqrt(2.0))):
+            continue
+        x = div.input[0]
+        add = only_consumer(erf.output[0], "Add")
+        half = add and only_consumer(add.output[0], "Mul")
+        final = half and only_consumer(half.output[0], "Mul")
+        if final is None or x not in final.input:
+            continue
+        if not any(is_scalar(name, 1.0) for name in add.input if name != erf.output[0]):
+            continue
+        constant = [name for name in half.input if name != add.output[0]]
+        if len(constant) != 1 or not is_scalar(constant[0], 0.5):
+            continue
+        half.input[:] = [x, add.output[0]]
+        final.input[:] = [half.output[0], constant[0]]
+        count += 1
+    return count
 
 
 @contextmanager

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from medk2n.errors import BundleError, MedK2NError
 from medk2n.manifest import ModelFile
 from medk2n.runtime.bundle import Bundle
-from medk2n.runtime.runners import OrtRunner, Provider, Runner
+from medk2n.runtime.runners import INT8_DISABLED_OPTIMIZERS, OrtRunner, Provider, Runner
 from medk2n.runtime.trt_plan import TrtPlanRunner, import_tensorrt
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def make_runner(choice: BackendChoice, bundle: Bundle, threads: int | None = Non
         providers.insert(0, ("CUDAExecutionProvider", dict(CUDA_OPTIONS)))
     if choice.backend == "tensorrt":
         providers.insert(0, ("TensorrtExecutionProvider", tensorrt_ep_options(bundle, choice.model)))
-    return OrtRunner(path, providers, threads=threads, name=f"ort-{choice.backend}")
+    # On CPU the Q/DQ graph runs on ORT's own int8 kernels; let the quantised MatMuls reach them.
+    disabled = INT8_DISABLED_OPTIMIZERS if choice.backend == "cpu" and choice.model.precision == "int8" else ()
+    return OrtRunner(path, providers, threads=threads, name=f"ort-{choice.backend}", disabled_optimizers=disabled)
 
 
 def open_runner(chain: list[BackendChoice], bundle: Bundle, threads: int | None = None) -> tuple[Runner, BackendChoice]:
