@@ -1,7 +1,12 @@
 """TaskHeadNet: candidate decoders per target, a quality evaluator, and selection.
 
 Every target gets `num_candidate_heads` decoders from the fused stride-8 state
-(plus the base frame's stride-4 FPN level for detail) up to full resolution.
+(plus the base frame's stride-4 FPN level) up to full resolution. Hiera's
+finest level is stride 4, so on its own the decoder can only paint what a
+16x16 grid holds at 64^2: `SourceDetail` gives it the present source pixels
+themselves at full and half resolution (modality-aware, absent slots weighted
+exactly 0), the way U-Net skips and SAM2's high-resolution decoder features
+do, so edges and small lesions survive into the synthesis.
 A quality evaluator predicts each candidate's per-pixel absolute error; it
 only observes the candidates (its inputs are detached), so the quality loss
 trains it to be a calibrated error predictor without pulling the decoders.
@@ -43,21 +48,47 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-class CandidateHead(nn.Module):
-    """Stride 4 -> full resolution; returns (image in (0,1), last hidden features)."""
+class SourceDetail(nn.Module):
+    """Full- and half-resolution features of each source slice, mixed per target by the fusion's weights."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, cond_dim: int, width: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, kernel_size=3, padding=1)
+        self.modality = nn.Linear(cond_dim, width)
+        self.refine = nn.Conv2d(width, width, kernel_size=3, padding=1)
+        self.down = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+        self.act = nn.GELU()
+        self.width = width
+
+    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B,K,H,W], c_modal [B,K,D], weights [B,N,K] (rows sum to 1) -> full [B*N,W,H,W], half [B*N,W,H/2,W/2].
+
+        The convolutions run once per source slot; the per-target mix is linear, so it is
+        applied to their outputs (an absent or rejected slot has weight exactly 0).
+        """
+        per_slot = self.stem(x.flatten(0, 1).unsqueeze(1)) + self.modality(c_modal.flatten(0, 1))[:, :, None, None]
+        full = self.act(self.refine(self.act(per_slot)))
+        half = self.act(self.down(full))
+        mix = [torch.einsum("bnk,bkchw->bnchw", weights, t.unflatten(0, x.shape[:2])).flatten(0, 1)
+               for t in (full, half)]
+        return mix[0], mix[1]
+
+
+class CandidateHead(nn.Module):
+    """Stride 4 -> full resolution with source detail; returns (image in (0,1), last hidden features)."""
+
+    def __init__(self, dim: int, detail: int) -> None:
         super().__init__()
         mid, fine = max(dim // 2, 4), max(dim // 4, 4)
-        self.up1 = SeparableConv(dim, mid)
-        self.up2 = SeparableConv(mid, fine)
+        self.up1 = SeparableConv(dim + detail, mid)
+        self.up2 = SeparableConv(mid + detail, fine)
         self.out = nn.Conv2d(fine, 1, kernel_size=3, padding=1)
         self.act = nn.GELU()
         self.hidden_dim = fine
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(self.up1(upsample2(x)))
-        h = self.act(self.up2(upsample2(h)))
+    def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.up1(torch.cat([upsample2(x), half], dim=1)))
+        h = self.act(self.up2(torch.cat([upsample2(h), full], dim=1)))
         return torch.sigmoid(self.out(h)), h
 
 
@@ -95,19 +126,23 @@ class TaskHeadNet(nn.Module):
         self.norm = group_norm(trunk)
         self.film = FiLM(dim, trunk)
         self.act = nn.GELU()
-        self.heads = nn.ModuleList(CandidateHead(trunk) for _ in range(num_heads))
+        self.detail = SourceDetail(dim, max(trunk // 2, 8))
+        self.heads = nn.ModuleList(CandidateHead(trunk, self.detail.width) for _ in range(num_heads))
         self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
 
-    def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor) -> HeadOutput:
-        """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D]."""
+    def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, x: torch.Tensor,
+                c_modal: torch.Tensor, slot_weights: torch.Tensor) -> HeadOutput:
+        """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D];
+        x [B,K,H,W], c_modal [B,K,D] and slot_weights [B,N,K] for the source detail."""
         n = features.shape[1]
+        full, half = self.detail(x, c_modal, slot_weights)
         skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
         cond = c_task.flatten(0, 1)
         t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
         images, errors = [], []
         for head in self.heads:
-            image, hidden = head(t)
+            image, hidden = head(t, half, full)
             images.append(image)
             errors.append(self.evaluator(hidden.detach(), image.detach(), cond))
         candidates = torch.cat(images, dim=1)  # [M,Kh,H,W]

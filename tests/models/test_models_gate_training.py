@@ -7,12 +7,15 @@ uniform noise, and a quarter mark it absent (so the quality estimate Q also
 sees base-only states). The tiny preset's architecture runs at 32x32 here to
 keep the run to seconds.
 
-Over seeds 0-4 at 200 steps the spatial weight w_eff separated the two in
-every run (informative ~0.998, noise 0.001-0.033) and the soft acceptance
-did too (0.94-0.997 vs 0.72-0.98); the global PreWeightNet weight did not
-consistently, so it is printed but not asserted. The hard eval gate accepts
-both here: after training, fusing the (down-weighted) noise no longer makes
-the predicted error worse, which is exactly its rule.
+Measured at seed 0, 200 steps (eval-mode hard gates): the share of the
+auxiliary frame that reaches the fused state (accept x w_eff) is 0.999 for
+an informative frame and 0.28 for noise; the soft acceptance 0.93 vs 0.47;
+PreWeightNet's w_global 0.81 vs 0.50. The spatial weight w_eff alone no
+longer separates them (0.999 vs 0.986): since the heads see the source
+pixels directly (heads.SourceDetail, mixed by these same gates), the
+acceptance gate carries the decision. Before that path existed, w_eff
+separated them and the hard gate accepted both; which gate does the work
+is learned, so the test asserts on the frame's share, not on one gate.
 """
 
 import warnings
@@ -80,6 +83,5 @@ def test_noise_frame_gets_lower_weights_than_an_informative_one(trained):
     soft = _gates(trained, training=True)
     hard = _gates(trained, training=False)
     print("\ngates (informative, noise)\n  train-mode (soft):", soft, "\n  eval-mode (hard):", hard)
-    assert hard["w_eff"][1] < hard["w_eff"][0] - 0.5
     assert hard["used"][1] < hard["used"][0] - 0.5
     assert soft["accept"][1] < soft["accept"][0] - 0.05
