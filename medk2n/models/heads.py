@@ -79,7 +79,7 @@ class CandidateHead(nn.Module):
 
     def __init__(self, dim: int, detail: int) -> None:
         super().__init__()
-        mid, fine = max(dim // 2, 4), max(dim // 4, 4)
+        mid, fine = max(dim // 2, 16), max(dim // 4, 16)
         self.up1 = SeparableConv(dim + detail, mid)
         self.up2 = SeparableConv(mid + detail, fine)
         self.out = nn.Conv2d(fine, 1, kernel_size=3, padding=1)
@@ -126,7 +126,9 @@ class TaskHeadNet(nn.Module):
         self.norm = group_norm(trunk)
         self.film = FiLM(dim, trunk)
         self.act = nn.GELU()
-        self.detail = SourceDetail(dim, max(trunk // 2, 8))
+        self.detail = SourceDetail(dim, 16)
+        # Target-aware pixel mapping: the same source edge means a different intensity in each target.
+        self.detail_film = nn.ModuleList(FiLM(dim, self.detail.width) for _ in range(2))
         self.heads = nn.ModuleList(CandidateHead(trunk, self.detail.width) for _ in range(num_heads))
         self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
 
@@ -136,8 +138,9 @@ class TaskHeadNet(nn.Module):
         x [B,K,H,W], c_modal [B,K,D] and slot_weights [B,N,K] for the source detail."""
         n = features.shape[1]
         full, half = self.detail(x, c_modal, slot_weights)
-        skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
         cond = c_task.flatten(0, 1)
+        full, half = (self.act(film(t, cond)) for film, t in zip(self.detail_film, (full, half)))
+        skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
         t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
         images, errors = [], []

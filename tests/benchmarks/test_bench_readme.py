@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from medk2n.benchmarks.cli import cli
-from medk2n.benchmarks.readme import BEGIN, END, demote, splice, update_readme
+from medk2n.benchmarks.readme import BEGIN, END, demote, result_files, splice, update_readme
 from medk2n.errors import MedK2NError
 
 STAMP = {"cpu": "Test CPU", "logical_cpus": 2, "physical_cores": None, "threads": 2, "gpu": [],
@@ -87,3 +88,12 @@ def test_no_results_is_an_error(tmp_path):
     readme.write_text(README)
     with pytest.raises(MedK2NError, match="no latency"):
         update_readme(tmp_path, readme)
+
+
+def test_committed_readme_quotes_the_committed_results():
+    """The README's results section is what `medk2n-bench readme` makes of benchmarks/results/ (never hand-typed)."""
+    root = Path(__file__).resolve().parents[2]
+    results = root / "benchmarks" / "results"
+    if not results.is_dir() or not result_files(results):
+        pytest.skip("no committed benchmark results yet")
+    assert not update_readme(results, root / "README.md", check=True), "README is stale: run `medk2n-bench readme`"
