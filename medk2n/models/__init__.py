@@ -45,6 +45,6 @@ def build_model(cfg: ModelConfig, text_embeddings: torch.Tensor | None = None, p
         if pretrained:
             load_sam2_checkpoint(model.encoder, cfg.encoder_checkpoint)
         model.encoder.freeze_pretrained()
-    else:
+    elif pretrained:  # restoring a medk2n checkpoint: its weights are trained, nothing to warn about
         warn_if_untrained(cfg.encoder)
     return model
