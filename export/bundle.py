@@ -22,6 +22,7 @@ from typing import Iterator
 import onnx
 
 from medk2n.errors import ExportError
+from medk2n.fsutil import chmod_plain
 from medk2n.manifest import MANIFEST_NAME, Manifest, hash_bundle_files
 
 METADATA_KEY = "medk2n.manifest"
@@ -43,6 +44,7 @@ def staging(out: Path, overwrite: bool) -> Iterator[Path]:
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    chmod_plain(tmp)
     try:
         yield tmp
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from medk2n.errors import DataError
+from medk2n.fsutil import chmod_plain
 
 
 def check_output_free(final: Path, overwrite: bool) -> None:
@@ -42,6 +43,7 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_dir))
     try:
+        chmod_plain(tmp)
         yield tmp
         _replace_dir(tmp, final)
     except BaseException:
@@ -67,6 +69,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        chmod_plain(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from medk2n.errors import DataError
+from medk2n.fsutil import chmod_plain
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -120,10 +121,7 @@ def save_image_atomic(img: nib.Nifti1Image, path: str | Path) -> None:
     os.close(fd)
     try:
         nib.save(img, tmp)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        chmod_plain(tmp)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale
+from medk2n.fsutil import chmod_plain
 
 COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "masked_mae_physical", "confidence_spearman")
 
@@ -21,6 +22,7 @@ def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+    chmod_plain(tmp)
     os.replace(tmp, path)
 
 
@@ -60,6 +62,7 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(result.rows)
+    chmod_plain(tmp)
     os.replace(tmp, paths["csv"])
     if montage and result.examples:
         paths["png"] = save_montage(result, out.with_suffix(".png"))
@@ -94,5 +97,6 @@ def save_montage(result: EvalResult, path: Path) -> Path:
     os.close(fd)
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
+    chmod_plain(tmp)
     os.replace(tmp, path)
     return path
