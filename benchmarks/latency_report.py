@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medk2n.benchmarks.machine import format_machine
 from medk2n.errors import MedK2NError
-from medk2n.runtime.outputs import write_atomic
+from medk2n.fsutil import write_atomic
 
 COLUMNS = ("backend", "model", "precision", "batch", "p50 ms", "p95 ms", "p99 ms", "slices/s", "peak MB",
            "speed-up", "GFLOP/s", "% of peak")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medk2n.runtime.outputs import write_atomic
+from medk2n.fsutil import write_atomic
 
 
 def latency_chart(results: dict, path: Path) -> None:

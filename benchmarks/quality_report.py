@@ -19,7 +19,7 @@ from medk2n.benchmarks.plots import save_figure
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.eval.protocol import percentile_scale
 from medk2n.eval.report import best_copy
-from medk2n.runtime.outputs import write_atomic
+from medk2n.fsutil import write_atomic
 
 ALL = "all"  # pseudo-target: each subject's mean over the task's targets
 TESTED = ("masked_psnr", "masked_ssim")

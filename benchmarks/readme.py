@@ -16,7 +16,7 @@ from pathlib import Path
 
 from medk2n.benchmarks.machine import format_machine
 from medk2n.errors import MedK2NError
-from medk2n.runtime.outputs import write_atomic
+from medk2n.fsutil import write_atomic
 
 BEGIN = "<!-- BEGIN RESULTS -->"
 END = "<!-- END RESULTS -->"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Iterator
 import onnx
 
 from medk2n.errors import ExportError
-from medk2n.fsutil import chmod_plain
+from medk2n.fsutil import make_temp_dir
 from medk2n.manifest import MANIFEST_NAME, Manifest, hash_bundle_files
 
 METADATA_KEY = "medk2n.manifest"
@@ -43,8 +42,7 @@ def staging(out: Path, overwrite: bool) -> Iterator[Path]:
     out = Path(out)
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    chmod_plain(tmp)
+    tmp = make_temp_dir(out.parent, out.name, ".partial")
     try:
         yield tmp
     finally:

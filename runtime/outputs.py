@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from medk2n.errors import DataError
-from medk2n.fsutil import chmod_plain
+from medk2n.fsutil import make_temp_dir
 
 
 def check_output_free(final: Path, overwrite: bool) -> None:
@@ -41,9 +41,8 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
     final = out_dir / name
     check_output_free(final, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=out_dir))
+    tmp = make_temp_dir(out_dir, name, ".partial")
     try:
-        chmod_plain(tmp)
         yield tmp
         _replace_dir(tmp, final)
     except BaseException:
@@ -60,17 +59,3 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.rename(final, old / final.name)
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        chmod_plain(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -25,8 +25,9 @@ from medk2n.data.cases import load_case
 from medk2n.data.nifti import write_volume
 from medk2n.data.preprocess import PreparedCase
 from medk2n.errors import DataError, MedK2NError
+from medk2n.fsutil import write_atomic
 from medk2n.runtime.inferer import brain_slices
-from medk2n.runtime.outputs import case_output, check_no_clobber, check_output_free, write_atomic
+from medk2n.runtime.outputs import case_output, check_no_clobber, check_output_free
 from medk2n.runtime.png import tile_grid, write_png
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medk2n.runtime.outputs import write_atomic
+from medk2n.fsutil import write_atomic
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from medk2n.data.phantom_tissue import (
     load_template,
 )
 from medk2n.errors import DataError
+from medk2n.fsutil import make_temp_dir
 
 __all__ = ["GEOMETRIES", "MODALITIES", "generate_dataset", "generate_subject", "save_montage"]
 
@@ -248,13 +248,10 @@ def _nifti(array: np.ndarray, affine: np.ndarray, code: int) -> nib.Nifti1Image:
 
 def _write_case(subject: dict, case_dir: Path) -> None:
     """Write into a hidden sibling folder, then rename: a case appears whole or not at all."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case_dir.name}.", dir=case_dir.parent))
+    tmp = make_temp_dir(case_dir.parent, case_dir.name)
     try:
         for name in (*MODALITIES, "brain_mask", "lesion_mask"):
             save_image_atomic(_nifti(subject[name], subject["affine"], subject["code"]), tmp / f"{name}.nii.gz")
-        for path in tmp.iterdir():  # temporary files are created private; a dataset is shared
-            path.chmod(0o644)
-        tmp.chmod(0o755)
         os.replace(tmp, case_dir)  # replaces only a missing or empty folder
     except OSError as exc:
         raise DataError(f"{case_dir}: could not write phantom case ({exc})") from None

@@ -9,8 +9,7 @@ Uses matplotlib's object API (no pyplot), which leaves the process backend alone
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ import numpy as np
 
 from medk2n.data.nifti import strip_nifti_suffix
 from medk2n.errors import DataError
+from medk2n.fsutil import write_atomic
 
 _ROWS = ("t1", "t2", "flair", "pd", "dwi", "adc")
 _ADC_WINDOW = (0.0, 3500.0)  # 1e-6 mm^2/s: lesions (~450) to free water (~3000)
@@ -96,14 +96,7 @@ def save_montage(case_dir: Path, png_path: Path) -> Path:
     fig.suptitle(f"{case_dir.name}: {shape} @ {spacing} mm, stored {''.join(codes)}", fontsize=10)
     fig.tight_layout()
 
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{png_path.name}.", suffix=".tmp.png", dir=png_path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, png_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_atomic(png_path, png.getvalue())
     return png_path

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale
-from medk2n.fsutil import chmod_plain
+from medk2n.fsutil import write_atomic
 
 COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "masked_mae_physical", "confidence_spearman")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    chmod_plain(tmp)
-    os.replace(tmp, path)
 
 
 def best_copy(summary: dict, target: str) -> str | None:
@@ -54,16 +44,13 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     paths = {"json": out, "csv": out.with_suffix(".csv"), "md": out.with_suffix(".md")}
     doc = {"title": title, "sources": result.sources, "targets": result.targets,
            "summary": result.summary(), "subjects": result.rows}
-    _write_text(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float))
-    _write_text(paths["md"], markdown(result, title))
-    keys = list(dict.fromkeys(k for row in result.rows for k in row))
-    fd, tmp = tempfile.mkstemp(prefix=f".{paths['csv'].name}.", dir=out.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(result.rows)
-    chmod_plain(tmp)
-    os.replace(tmp, paths["csv"])
+    write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
+    write_atomic(paths["md"], markdown(result, title).encode())
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in result.rows for k in row)))
+    writer.writeheader()
+    writer.writerows(result.rows)
+    write_atomic(paths["csv"], table.getvalue().encode())
     if montage and result.examples:
         paths["png"] = save_montage(result, out.with_suffix(".png"))
     return paths
@@ -92,11 +79,8 @@ def save_montage(result: EvalResult, path: Path) -> Path:
             ax.set_title(f"{ex['case']}: {name}" if c == 0 else name, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    chmod_plain(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
     return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from medk2n.config import ExperimentConfig
 from medk2n.errors import CheckpointError, ConfigError
+from medk2n.fsutil import make_temp_dir
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -43,7 +43,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, directory.name)
     try:
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))

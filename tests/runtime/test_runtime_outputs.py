@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medk2n.runtime.outputs import case_output, write_atomic
+from medk2n.fsutil import write_atomic
+from medk2n.runtime.outputs import case_output
 
 
 @pytest.fixture
