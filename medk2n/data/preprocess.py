@@ -2,7 +2,7 @@
 
 volumes on one grid (checked, or resampled onto a reference modality)
   -> closest-RAS reorientation (transpose/flip only)
-  -> per-modality normalisation to [0, 1]
+  -> per-modality normalisation to [0, 1] (percentiles inside the volume's head)
   -> brain mask from the normalised volumes
   -> axial slices at model size (square physical FOV).
 
@@ -82,7 +82,15 @@ def prepare_case(
     params: dict[str, NormParams] = {}
     for name, array in arrays.items():
         oriented, orientation = to_canonical(array, ref.affine)
-        canonical[name], params[name] = normalize(oriented, norms[name], source=volumes[name][1].path)
+        # Percentiles are taken inside the volume's own head mask, not over
+        # every voxel above zero: unmasked scanner images have a noise floor
+        # everywhere, and percentiles over mostly-background voxels clip the
+        # brightest few percent of tissue (CSF on T2, lesions on DWI) to 1.
+        # The mask comes from this volume alone, so a modality is scaled the
+        # same whichever other contrasts come with it (training vs serving).
+        canonical[name], params[name] = normalize(
+            oriented, norms[name], mask=brain_mask(oriented), source=volumes[name][1].path
+        )
     mask_volume = brain_mask(np.sum(list(canonical.values()), axis=0))
     slices: dict[str, np.ndarray] = {}
     geom = None

@@ -96,3 +96,25 @@ def test_constant_tissue_after_reading_names_the_file(tmp_path):
     volumes = {"flair": read_volume(case / "flair.nii.gz")}
     with pytest.raises(DataError, match=r"flair\.nii\.gz.*constant"):
         prepare_case(volumes, NORMS, 16)
+
+
+def test_percentiles_come_from_the_head_not_the_noise_floor(tmp_path):
+    """Unmasked scans have Rician noise everywhere: with percentiles over every voxel above
+    zero (mostly background here), the brightest few percent of tissue were clipped to 1."""
+    shape = (40, 40, 20)
+    rng = np.random.default_rng(0)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.5  # ~30 % of the field of view
+    t2 = np.hypot(rng.normal(0, 20, shape), rng.normal(0, 20, shape))  # noise floor
+    t2[inside] = 800 + 50 * rng.standard_normal(inside.sum())
+    csf = inside & (np.abs(grids[0]) < 0.2) & (np.abs(grids[1]) < 0.2)  # bright: ~7 % of the head
+    t2[csf] = 2000 + 50 * rng.standard_normal(csf.sum())
+    save_nifti(tmp_path / "case" / "t2.nii.gz", t2)
+    save_nifti(tmp_path / "case" / "flair.nii.gz", head(shape) * 300)
+    alone = prepare_case(load_case(tmp_path / "case", ["t2"]), NORMS, 40)
+    together = prepare_case(load_case(tmp_path / "case", ["t2", "flair"]), NORMS, 40)
+    hi = alone.norm["t2"].hi
+    assert np.percentile(t2[inside], 99.0) < hi <= t2[inside].max()  # the head's 99.5th percentile
+    assert (t2[csf] >= hi).mean() < 0.1  # bright tissue keeps its contrast
+    # a modality is scaled by its own volume, whatever comes with it
+    assert together.norm["t2"] == alone.norm["t2"]
