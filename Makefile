@@ -32,13 +32,13 @@ $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check ->
-# train (tiny preset, ~10 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
+# train (tiny preset, ~12 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
 # run the torch-free runtime on held-out cases -> evaluate against references.
 # Each stage leaves a stamp, so re-running `make demo` resumes where it stopped.
 # 3 mm phantoms: the tiny preset works at 64x64, about their native in-plane size, so the
 # volume-level scores measure synthesis rather than 64x64 resampling loss.
 DEMO_SPACING ?= 3
-DEMO_STEPS ?= 2000
+DEMO_STEPS ?= 1800
 DEMO_BUDGET_MIN ?= 12
 
 demo: $(DEMO)/eval/metrics.json

@@ -1,12 +1,13 @@
 """TaskHeadNet: candidate decoders per target, a quality evaluator, and selection.
 
 Every target gets `num_candidate_heads` decoders from the fused stride-8 state
-(plus the base frame's stride-4 FPN level) up to full resolution. Hiera's
+(plus the present frames' stride-4 FPN level) up to full resolution. Hiera's
 finest level is stride 4, so on its own the decoder can only paint what a
 16x16 grid holds at 64^2: `SourceDetail` gives it the present source pixels
-themselves at full and half resolution (modality-aware, absent slots weighted
-exactly 0), the way U-Net skips and SAM2's high-resolution decoder features
-do, so edges and small lesions survive into the synthesis.
+themselves at full, half and quarter resolution (modality-aware, averaged over
+the present slots, absent ones weighted exactly 0), the way U-Net skips and
+SAM2's high-resolution decoder features do, so edges, CSF and small lesions
+survive into the synthesis. Every decoder layer is conditioned on the target.
 A quality evaluator predicts each candidate's per-pixel absolute error; it
 only observes the candidates (its inputs are detached), so the quality loss
 trains it to be a calibrated error predictor without pulling the decoders.
@@ -49,46 +50,72 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
 
 
 class SourceDetail(nn.Module):
-    """Full- and half-resolution features of each source slice, mixed per target by the fusion's weights."""
+    """A small convolutional pyramid over each source slice (full, 1/2, 1/4 resolution), mixed per target.
+
+    Hiera starts at stride 4, so this is the decoder's only view of the source pixels,
+    the way a U-Net's encoder skips are: contrast synthesis is mostly a per-voxel map of
+    the sources' intensities plus local context, and the voxels that matter most (CSF,
+    lesions) are a few percent of a slice. Each level is group-normalised, as the U-Net's
+    blocks are (unnormalised, a thin path learnt those voxels far more slowly: T2 of CSF
+    stayed grey after the demo's 2000 steps), and conditioned on the slot's modality, so
+    the slot mean keeps FLAIR's and ADC's intensities in different channels.
+    """
 
     def __init__(self, cond_dim: int, width: int) -> None:
         super().__init__()
         self.stem = nn.Conv2d(1, width, kernel_size=3, padding=1)
         self.modality = nn.Linear(cond_dim, width)
         self.refine = nn.Conv2d(width, width, kernel_size=3, padding=1)
-        self.down = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+        self.modality_film = FiLM(cond_dim, width)
+        self.down_half = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
+        self.refine_half = nn.Conv2d(width, width, kernel_size=3, padding=1)
+        self.down_quarter = nn.Conv2d(width, 2 * width, kernel_size=3, stride=2, padding=1)
+        self.norms = nn.ModuleList(group_norm(c) for c in (width, width, width, width, 2 * width))
         self.act = nn.GELU()
         self.width = width
 
-    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B,K,H,W], c_modal [B,K,D], weights [B,N,K] (rows sum to 1) -> full [B*N,W,H,W], half [B*N,W,H/2,W/2].
+    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+        """x [B,K,H,W], c_modal [B,K,D], weights [B,N,K] (rows sum to 1) ->
+        [full [B*N,W,H,W], half [B*N,W,H/2,W/2], quarter [B*N,2W,H/4,W/4]].
 
         The convolutions run once per source slot; the per-target mix is linear, so it is
-        applied to their outputs (an absent or rejected slot has weight exactly 0).
+        applied to their outputs (an absent slot has weight exactly 0).
         """
-        per_slot = self.stem(x.flatten(0, 1).unsqueeze(1)) + self.modality(c_modal.flatten(0, 1))[:, :, None, None]
-        full = self.act(self.refine(self.act(per_slot)))
-        half = self.act(self.down(full))
-        mix = [torch.einsum("bnk,bkchw->bnchw", weights, t.unflatten(0, x.shape[:2])).flatten(0, 1)
-               for t in (full, half)]
-        return mix[0], mix[1]
+        c = c_modal.flatten(0, 1)
+        n = self.norms
+        h = self.act(n[0](self.stem(x.flatten(0, 1).unsqueeze(1))) + self.modality(c)[:, :, None, None])
+        full = self.act(self.modality_film(n[1](self.refine(h)), c))
+        half = self.act(n[3](self.refine_half(self.act(n[2](self.down_half(full))))))
+        quarter = self.act(n[4](self.down_quarter(half)))
+        return [torch.einsum("bnk,bkchw->bnchw", weights, t.unflatten(0, x.shape[:2])).flatten(0, 1)
+                for t in (full, half, quarter)]
 
 
 class CandidateHead(nn.Module):
     """Stride 4 -> full resolution with source detail; returns (image in (0,1), last hidden features)."""
 
-    def __init__(self, dim: int, detail: int) -> None:
+    def __init__(self, dim: int, detail: int, cond_dim: int) -> None:
         super().__init__()
         mid, fine = max(dim // 2, 16), max(dim // 4, 16)
         self.up1 = SeparableConv(dim + detail, mid)
         self.up2 = SeparableConv(mid + detail, fine)
+        # Per-pixel MLP (residual): contrast synthesis is largely a non-linear map of the
+        # sources' intensities at each voxel, which one pointwise layer fits only coarsely.
+        self.pixel_in = nn.Conv2d(fine, 2 * fine, kernel_size=1)
+        self.pixel_out = nn.Conv2d(2 * fine, fine, kernel_size=1)
+        # Every decoder layer is conditioned on the target (as the U-Net's are): the same
+        # voxel maps to opposite intensities in different targets (CSF bright on T2, dark on
+        # DWI/T1), which shared layers fed target-modulated inputs only fit as a compromise.
+        self.films = nn.ModuleList(FiLM(cond_dim, c) for c in (mid, fine, 2 * fine))
         self.out = nn.Conv2d(fine, 1, kernel_size=3, padding=1)
         self.act = nn.GELU()
         self.hidden_dim = fine
 
-    def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(self.up1(torch.cat([upsample2(x), half], dim=1)))
-        h = self.act(self.up2(torch.cat([upsample2(h), full], dim=1)))
+    def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor,
+                cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.films[0](self.up1(torch.cat([upsample2(x), half], dim=1)), cond))
+        h = self.act(self.films[1](self.up2(torch.cat([upsample2(h), full], dim=1)), cond))
+        h = self.act(h + self.pixel_out(self.act(self.films[2](self.pixel_in(h), cond))))
         return torch.sigmoid(self.out(h)), h
 
 
@@ -121,15 +148,16 @@ class TaskHeadNet(nn.Module):
         super().__init__()
         trunk = max(dim // 2, 8)
         self.skip = nn.Conv2d(skip_dim, trunk, kernel_size=1)
-        self.merge = nn.Conv2d(dim + trunk, trunk, kernel_size=1)
+        self.detail = SourceDetail(dim, 16)
+        self.merge = nn.Conv2d(dim + trunk + 2 * self.detail.width, trunk, kernel_size=1)
         self.spatial = nn.Conv2d(trunk, trunk, kernel_size=3, padding=1, groups=trunk)
         self.norm = group_norm(trunk)
         self.film = FiLM(dim, trunk)
         self.act = nn.GELU()
-        self.detail = SourceDetail(dim, 16)
         # Target-aware pixel mapping: the same source edge means a different intensity in each target.
-        self.detail_film = nn.ModuleList(FiLM(dim, self.detail.width) for _ in range(2))
-        self.heads = nn.ModuleList(CandidateHead(trunk, self.detail.width) for _ in range(num_heads))
+        w = self.detail.width
+        self.detail_film = nn.ModuleList(FiLM(dim, c) for c in (w, w, 2 * w))
+        self.heads = nn.ModuleList(CandidateHead(trunk, self.detail.width, dim) for _ in range(num_heads))
         self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, x: torch.Tensor,
@@ -137,15 +165,15 @@ class TaskHeadNet(nn.Module):
         """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D];
         x [B,K,H,W], c_modal [B,K,D] and slot_weights [B,N,K] for the source detail."""
         n = features.shape[1]
-        full, half = self.detail(x, c_modal, slot_weights)
         cond = c_task.flatten(0, 1)
-        full, half = (self.act(film(t, cond)) for film, t in zip(self.detail_film, (full, half)))
+        full, half, quarter = (self.act(film(t, cond))
+                               for film, t in zip(self.detail_film, self.detail(x, c_modal, slot_weights)))
         skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
-        t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip], dim=1))
+        t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip, quarter], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
         images, errors = [], []
         for head in self.heads:
-            image, hidden = head(t, half, full)
+            image, hidden = head(t, half, full, cond)
             images.append(image)
             errors.append(self.evaluator(hidden.detach(), image.detach(), cond))
         candidates = torch.cat(images, dim=1)  # [M,Kh,H,W]

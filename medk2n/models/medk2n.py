@@ -3,7 +3,7 @@
     x [B,K,H,W] --SliceEncoder (SAM2 Hiera + LoRA, per-modality input map)--> FPN levels per frame
               --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
               --SequentialFusion per target (task memory, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
-              --TaskHeadNet (+ base frame's stride-4 level, source pixels at full/half resolution,
+              --TaskHeadNet (+ present frames' stride-4 level, source pixels at full/half resolution,
                 task embedding c_task)--> images, confidence
 
 Ablations (config.ABLATIONS) decide which modules exist: B0 builds the
@@ -32,18 +32,17 @@ from medk2n.models.multiscale import MultiScaleNet, SingleScale
 from medk2n.models.output import K2NOutput, check_inputs
 
 
-def slot_weights(avail: torch.Tensor, gates: dict[str, torch.Tensor], n: int) -> torch.Tensor:
-    """[B,N,K] share of each source slot in a target's pixel detail: the base frame, plus each
-    auxiliary frame as far as the fusion used it (accept x mean w_eff); present slots alike without fusion.
+def slot_weights(avail: torch.Tensor, n: int) -> torch.Tensor:
+    """[B,N,K] share of each source slot in a target's pixel detail: every present slot alike.
 
-    Detached: the gates are trained by what fusing a frame does to the features and the
-    quality estimate (eqs. 5-11); the detail path follows their decision without a
-    shortcut gradient that would teach them to reject every auxiliary frame's pixels.
+    Not the fusion's acceptance: the gates judge whether a frame's *deep
+    features* improve the fused state, and on a frame whose coarse features
+    add little they reject it outright in eval (hard acceptance), which threw
+    away that source's pixels too: a FLAIR+ADC model then synthesised T2 from
+    FLAIR alone, bright CSF lost. Each slot's detail features are
+    modality-aware, so the head can still tell which source said what.
     """
     weights = avail.unsqueeze(1).expand(-1, n, -1)
-    if "accept" in gates:
-        used = (gates["accept"] * gates["w_eff"].mean(dim=(-2, -1))).detach()  # [B,N,K-1]
-        weights = torch.cat([weights[..., :1], weights[..., 1:] * used], dim=-1)
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
@@ -120,8 +119,9 @@ class MedK2N(nn.Module):
             fused = result.features.unflatten(0, (-1, n))
             gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
             state_error = result.error_map[:, 0].unflatten(0, (-1, n))
-        base_detail = levels[0].unflatten(0, (-1, k))[:, 0]
-        heads = self.heads(fused, base_detail, c_task, x, c_modal, slot_weights(avail, gates, n))
+        # Stride-4 skip: the present frames' finest level, not the first slot's alone.
+        base_detail = present_mean(levels[0].unflatten(0, (-1, k)), avail)
+        heads = self.heads(fused, base_detail, c_task, x, c_modal, slot_weights(avail, n))
         return K2NOutput(
             images=heads.images, confidence=heads.confidence, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
