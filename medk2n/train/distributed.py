@@ -56,6 +56,17 @@ def all_reduce_mean(value: float, ctx: DistContext) -> float:
     return float(t.item()) / ctx.world_size
 
 
+def any_rank(flag: bool, ctx: DistContext) -> bool:
+    """True on every rank when it is true on one: ranks must leave the loop at the same step,
+    or the ones still stepping wait forever in the next gradient all-reduce (a wall-clock
+    deadline or a signal can arrive between two ranks' checks)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def teardown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

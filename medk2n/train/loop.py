@@ -26,7 +26,7 @@ from medk2n.errors import DataError
 from medk2n.losses import total_loss
 from medk2n.models import build_model
 from medk2n.train import checkpoint as ckpt
-from medk2n.train.distributed import DistContext, all_reduce_mean, setup, teardown
+from medk2n.train.distributed import DistContext, all_reduce_mean, any_rank, setup, teardown
 from medk2n.train.logger import RunLogger
 from medk2n.train.schedule import curriculum_stage, warmup_cosine
 from medk2n.train.validate import validate
@@ -177,6 +177,7 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
             logger.log_train(row, every=tc.log_every)
             if time.monotonic() > deadline or (stop_at_step is not None and step >= stop_at_step):
                 stop["flag"] = True
+            stop["flag"] = any_rank(stop["flag"], ctx)
             if step % tc.val_every == 0 or step == tc.max_steps or stop["flag"]:
                 metrics = validate(model, val_set, cfg, ctx.device)
                 score = all_reduce_mean(metrics["masked_psnr"], ctx)

@@ -15,15 +15,6 @@ from medk2n.train.loop import train
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    from medk2n.data.phantom import generate_dataset
-
-    root = tmp_path_factory.mktemp("phantom")
-    generate_dataset(root, subjects=3, seed=3, spacing=4.0)
-    return root
-
-
 def tiny_cfg():
     cfg = preset("tiny")
     cfg.model.image_size = 32
