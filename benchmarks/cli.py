@@ -77,15 +77,19 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
 @click.option("--budget-minutes", type=float, default=30.0, show_default=True, help="Training budget per model.")
 @click.option("--preset", default="tiny", show_default=True, help="Model preset to train and compare.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where every method trains and is evaluated (exports are scored with ONNX Runtime).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@click.option("--tag", default=None, help="Name the files quality-<tag>.* (e.g. a GPU run beside the CPU one).")
 @debug_option
-def quality(data: Path, budget_minutes: float, preset: str, seed: int, out: Path, debug: bool) -> None:
+def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: str, out: Path, tag: str | None,
+            debug: bool) -> None:
     """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
 
     def body() -> int:
         from medk2n.benchmarks.quality import run_quality
 
-        run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress)
+        run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag)
         click.echo(f"wrote quality results to {out}")
         return 0
 

@@ -18,13 +18,13 @@ COLUMNS = ("backend", "model", "precision", "batch", "p50 ms", "p95 ms", "p99 ms
            "speed-up", "GFLOP/s", "% of peak")
 
 
-def result_stem(tag: str | None) -> str:
-    """`latency` or `latency-<tag>`, so CPU and GPU results sit side by side."""
+def result_stem(tag: str | None, kind: str = "latency") -> str:
+    """`<kind>` or `<kind>-<tag>`, so CPU and GPU results sit side by side."""
     if tag is None:
-        return "latency"
+        return kind
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", tag):
         raise MedK2NError(f"--tag {tag!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
-    return f"latency-{tag}"
+    return f"{kind}-{tag}"
 
 
 def write_latency(results: dict, out: Path, tag: str | None = None) -> list[Path]:

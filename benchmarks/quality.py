@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.quality_report import assemble, jsonable, write_outputs
 from medk2n.config import ABLATIONS, ExperimentConfig
 from medk2n.config import preset as load_preset
@@ -104,6 +105,7 @@ def run_quality(
     overrides: dict | None = None,
     device: str = "cpu",
     work: Path | None = None,
+    tag: str | None = None,
 ) -> dict:
     """Train, evaluate and export as the module docstring says; write quality.{json,md,png} to `out`.
 
@@ -112,8 +114,10 @@ def run_quality(
     preset for every method (e.g. a smaller image size for tests).
     work: keep checkpoints, bundles and split folders there (default: a
     temporary folder, removed at the end).
+    tag: write quality-<tag>.* instead (e.g. a GPU run beside the CPU one).
     Returns the results dict that quality.json holds.
     """
+    stem = result_stem(tag, "quality")  # a bad tag fails before minutes of training
     plan = Plan(preset, seed, budget_minutes, tuple(_check_methods(methods)),
                 tuple(parse_task(t) if isinstance(t, str) else t for t in tasks), test_fraction,
                 tuple(export_precisions), dict(overrides or {}), device)
@@ -123,12 +127,12 @@ def run_quality(
     if budget_minutes <= 0:
         raise ConfigError(f"budget must be positive, got {budget_minutes} minutes")
     if work is not None:
-        return _run(plan, Path(data), Path(out), Path(work), progress)
+        return _run(plan, Path(data), Path(out), Path(work), progress, stem)
     with tempfile.TemporaryDirectory(prefix="medk2n-quality-") as tmp:
-        return _run(plan, Path(data), Path(out), Path(tmp), progress)
+        return _run(plan, Path(data), Path(out), Path(tmp), progress, stem)
 
 
-def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str], None]) -> dict:
+def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str], None], stem: str) -> dict:
     split = split_dataset(data, work / "split", plan.tasks, plan.test_fraction, plan.seed)
     progress(f"split: {len(split['train'])} training subjects, {len(split['test'])} test subjects")
     _warm_text_embeddings(method_config(plan.preset, plan.methods[0], plan.seed, plan.overrides), plan.methods)
@@ -151,7 +155,7 @@ def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str]
                                                      split, work / "bundles")
         rows += precision_rows
     results = jsonable(assemble(rows, runs, plan.tasks, split, export, REFERENCE, plan.settings()))
-    paths = write_outputs(results, examples, out)
+    paths = write_outputs(results, examples, out, stem)
     progress("wrote " + ", ".join(str(p) for p in paths))
     return results
 

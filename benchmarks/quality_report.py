@@ -323,15 +323,15 @@ def examples_figure(examples: dict, results: dict, path: Path, shown: Sequence[s
     return path
 
 
-def write_outputs(results: dict, examples: dict, out: Path) -> list[Path]:
-    """quality.json, quality.md, quality.png and quality_examples.png, each written atomically."""
+def write_outputs(results: dict, examples: dict, out: Path, stem: str = "quality") -> list[Path]:
+    """<stem>.json, <stem>.md, <stem>.png and <stem>_examples.png, each written atomically."""
     out = Path(out)
     document = json.dumps(jsonable(results), indent=2, sort_keys=True, allow_nan=False)
-    write_atomic(out / "quality.json", document.encode())
-    write_atomic(out / "quality.md", markdown(results).encode())
-    figures = [psnr_figure(results, out / "quality.png"),
-               examples_figure(examples, results, out / "quality_examples.png")]
-    return [out / "quality.json", out / "quality.md", *(f for f in figures if f is not None)]
+    write_atomic(out / f"{stem}.json", document.encode())
+    write_atomic(out / f"{stem}.md", markdown(results).encode())
+    figures = [psnr_figure(results, out / f"{stem}.png"),
+               examples_figure(examples, results, out / f"{stem}_examples.png")]
+    return [out / f"{stem}.json", out / f"{stem}.md", *(f for f in figures if f is not None)]
 
 
 def jsonable(value):

@@ -26,7 +26,10 @@ def project(tmp_path):
     (results / "latency.png").write_bytes(b"png")
     (results / "latency-h100.md").write_text("# Latency (h100)\n\nrow\n")
     (results / "quality.md").write_text("# Quality\n\n```\n# not a heading\n```\n")
-    (results / "quality-psnr.png").write_bytes(b"png")
+    (results / "quality.png").write_bytes(b"png")
+    (results / "quality_examples.png").write_bytes(b"png")
+    (results / "quality-h100.md").write_text("# Quality (h100)\n\nrow\n")
+    (results / "quality-h100.png").write_bytes(b"png")
     readme = tmp_path / "README.md"
     readme.write_text(README)
     return results, readme
@@ -55,11 +58,15 @@ def test_update_readme_content_and_idempotence(project):
     section = text.split(BEGIN)[1].split(END)[0]
     assert "old numbers" not in section
     assert text.startswith("# medk2n\n") and text.endswith(f"{END}\n\n## Licence\n")
-    order = [section.index(s) for s in ("### Latency\n", "### Latency (h100)", "### Quality")]
+    order = [section.index(s) for s in ("### Latency\n", "### Latency (h100)", "### Quality\n", "### Quality (h100)")]
     assert order == sorted(order)
     assert "#### Per backend" in section and "# not a heading" in section
     assert "![latency](benchmarks/results/latency.png)" in section
-    assert "![quality-psnr](benchmarks/results/quality-psnr.png)" in section
+    # each result file shows its own figures, not another tag's
+    quality = section.split("### Quality\n")[1].split("### Quality (h100)")[0]
+    assert "![quality](benchmarks/results/quality.png)" in quality
+    assert "![quality_examples](benchmarks/results/quality_examples.png)" in quality
+    assert "quality-h100.png" not in quality and "![quality-h100](benchmarks/results/quality-h100.png)" in section
     assert "Source: [latency.md](benchmarks/results/latency.md)" in section
     assert "Machine: Test CPU (2 logical CPUs, 2 threads used)" in section
     assert update_readme(results, readme) is False
