@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medk2n.models.blocks import FiLM, SeparableConv, group_norm
+from medk2n.models.blocks import FiLM, SeparableConv, expand_targets, group_norm, present_mean
 
 CONFIDENCE_SCALE = 0.1
 # Soft selection in training: a 0.01 gap in predicted mean error gives the better head e-times the weight.
@@ -59,6 +59,12 @@ class SourceDetail(nn.Module):
     blocks are (unnormalised, a thin path learnt those voxels far more slowly: T2 of CSF
     stayed grey after the demo's 2000 steps), and conditioned on the slot's modality, so
     the slot mean keeps FLAIR's and ADC's intensities in different channels.
+
+    Every present slot counts alike, not as far as the fusion accepted it: the gates judge
+    whether a frame's *deep features* improve the fused state, and on a frame whose coarse
+    features add little they reject it outright in eval (hard acceptance); following them
+    here threw away that source's pixels too, and a FLAIR+ADC model synthesised T2 from
+    FLAIR alone, bright CSF lost.
     """
 
     def __init__(self, cond_dim: int, width: int) -> None:
@@ -74,21 +80,16 @@ class SourceDetail(nn.Module):
         self.act = nn.GELU()
         self.width = width
 
-    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
-        """x [B,K,H,W], c_modal [B,K,D], weights [B,N,K] (rows sum to 1) ->
-        [full [B*N,W,H,W], half [B*N,W,H/2,W/2], quarter [B*N,2W,H/4,W/4]].
-
-        The convolutions run once per source slot; the per-target mix is linear, so it is
-        applied to their outputs (an absent slot has weight exactly 0).
-        """
+    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, avail: torch.Tensor) -> list[torch.Tensor]:
+        """x [B,K,H,W], c_modal [B,K,D], avail [B,K] ->
+        [full [B,W,H,W], half [B,W,H/2,W/2], quarter [B,2W,H/4,W/4]], each the mean over present slots."""
         c = c_modal.flatten(0, 1)
         n = self.norms
         h = self.act(n[0](self.stem(x.flatten(0, 1).unsqueeze(1))) + self.modality(c)[:, :, None, None])
         full = self.act(self.modality_film(n[1](self.refine(h)), c))
         half = self.act(n[3](self.refine_half(self.act(n[2](self.down_half(full))))))
         quarter = self.act(n[4](self.down_quarter(half)))
-        return [torch.einsum("bnk,bkchw->bnchw", weights, t.unflatten(0, x.shape[:2])).flatten(0, 1)
-                for t in (full, half, quarter)]
+        return [present_mean(t.unflatten(0, x.shape[:2]), avail) for t in (full, half, quarter)]
 
 
 class CandidateHead(nn.Module):
@@ -161,14 +162,14 @@ class TaskHeadNet(nn.Module):
         self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, x: torch.Tensor,
-                c_modal: torch.Tensor, slot_weights: torch.Tensor) -> HeadOutput:
+                c_modal: torch.Tensor, avail: torch.Tensor) -> HeadOutput:
         """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D];
-        x [B,K,H,W], c_modal [B,K,D] and slot_weights [B,N,K] for the source detail."""
+        x [B,K,H,W], c_modal [B,K,D] and avail [B,K] for the source detail."""
         n = features.shape[1]
         cond = c_task.flatten(0, 1)
-        full, half, quarter = (self.act(film(t, cond))
-                               for film, t in zip(self.detail_film, self.detail(x, c_modal, slot_weights)))
-        skip = self.skip(skip).unsqueeze(1).expand(-1, n, -1, -1, -1).flatten(0, 1)
+        full, half, quarter = (self.act(film(expand_targets(t, n), cond))
+                               for film, t in zip(self.detail_film, self.detail(x, c_modal, avail)))
+        skip = expand_targets(self.skip(skip), n)
         t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip, quarter], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
         images, errors = [], []

@@ -32,20 +32,6 @@ from medk2n.models.multiscale import MultiScaleNet, SingleScale
 from medk2n.models.output import K2NOutput, check_inputs
 
 
-def slot_weights(avail: torch.Tensor, n: int) -> torch.Tensor:
-    """[B,N,K] share of each source slot in a target's pixel detail: every present slot alike.
-
-    Not the fusion's acceptance: the gates judge whether a frame's *deep
-    features* improve the fused state, and on a frame whose coarse features
-    add little they reject it outright in eval (hard acceptance), which threw
-    away that source's pixels too: a FLAIR+ADC model then synthesised T2 from
-    FLAIR alone, bright CSF lost. Each slot's detail features are
-    modality-aware, so the head can still tell which source said what.
-    """
-    weights = avail.unsqueeze(1).expand(-1, n, -1)
-    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
-
-
 class MedK2N(nn.Module):
     def __init__(self, cfg: ModelConfig, text_embeddings: torch.Tensor) -> None:
         super().__init__()
@@ -121,7 +107,7 @@ class MedK2N(nn.Module):
             state_error = result.error_map[:, 0].unflatten(0, (-1, n))
         # Stride-4 skip: the present frames' finest level, not the first slot's alone.
         base_detail = present_mean(levels[0].unflatten(0, (-1, k)), avail)
-        heads = self.heads(fused, base_detail, c_task, x, c_modal, slot_weights(avail, n))
+        heads = self.heads(fused, base_detail, c_task, x, c_modal, avail)
         return K2NOutput(
             images=heads.images, confidence=heads.confidence, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
