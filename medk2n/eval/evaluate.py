@@ -51,6 +51,13 @@ def subject_mask(case: Case, fallback: np.ndarray) -> np.ndarray:
     return brain_mask(fallback)
 
 
+def subject_lesion(case: Case) -> np.ndarray | None:
+    """The dataset's lesion mask when it ships one (for the lesion-only metrics)."""
+    if "lesion" not in case.masks:
+        return None
+    return read_volume(case.masks["lesion"], check_values=False)[0] > 0.5
+
+
 def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str], targets: Sequence[str],
              train_dir: str | Path | None = None, reference: str | None = None, examples: int = 3) -> EvalResult:
     cases = [c for c in discover_dataset(Path(dataset)) if all(m in c.files for m in [*sources, *targets])]
@@ -65,19 +72,20 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         prepared = predictor.prepare(volumes, request, reference, case.name)
         outputs = predictor.restore(*predictor.infer(prepared, request), prepared, request)
         mask = subject_mask(case, volumes[sources[0]][0])
+        lesion = subject_lesion(case)
         for target in targets:
             truth = volumes[target][0]
             physical = norms[target].kind == "range"
             pred, confidence = outputs[target]
             result.rows.append({"method": MODEL, "case": case.name, "target": target,
-                                **score_volume(pred, truth, mask, confidence, physical)})
+                                **score_volume(pred, truth, mask, confidence, physical, lesion)})
             for source in sources:
                 result.rows.append({"method": f"copy:{source}", "case": case.name, "target": target,
-                                    **score_volume(volumes[source][0], truth, mask)})
+                                    **score_volume(volumes[source][0], truth, mask, lesion=lesion)})
             if target in templates:
                 guess = mean_prediction(templates[target], prepared, norms[target])
                 result.rows.append({"method": "mean-train", "case": case.name, "target": target,
-                                    **score_volume(guess, truth, mask, None, physical)})
+                                    **score_volume(guess, truth, mask, None, physical, lesion)})
             if len(result.examples) < examples * len(targets):
                 result.examples.append(_example(case.name, target, volumes, sources, pred, truth, confidence, mask))
     return result

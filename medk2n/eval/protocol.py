@@ -7,6 +7,15 @@ SSIM and MAE are taken at data range 1 over the whole volume and inside the
 brain mask. Quantitative targets (normalisation kind "range", e.g. ADC) also
 get the mean absolute error in their physical units. The confidence map is
 scored by how well it ranks the real error (Spearman, inside the brain).
+
+Where the dataset ships a lesion mask, the lesion gets its own two numbers,
+because a whole-brain score hides it: an infarct is 0.5-2 % of the brain,
+yet it is why the scan was taken. `lesion_mae` is the mean absolute error
+inside the lesion and `lesion_bias` the mean signed error there (negative:
+the synthesis paints the lesion darker, i.e. with less contrast, than the
+truth). Both are on the same percentile scale as the other metrics, so a
+missed bright lesion also shifts every other voxel (the lesion *is* the
+99.5th percentile of its volume), which is why it costs whole-brain PSNR.
 """
 
 from __future__ import annotations
@@ -32,8 +41,13 @@ def score_volume(
     mask: np.ndarray,
     confidence: np.ndarray | None = None,
     physical: bool = False,
+    lesion: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Metrics for one synthesised volume; arrays share the input grid (slice axis last is not assumed)."""
+    """Metrics for one synthesised volume; arrays share the input grid (slice axis last is not assumed).
+
+    `lesion` (optional, same grid): lesion mask; adds lesion_mae and lesion_bias
+    when it has a voxel inside `mask`.
+    """
     mask = np.asarray(mask, dtype=bool)
     p = percentile_scale(pred, mask)
     t = percentile_scale(truth, mask)
@@ -48,6 +62,11 @@ def score_volume(
         "masked_ssim": ssim(p2[keep], t2[keep], m2[keep]),
         "masked_mae": mae(p, t, mask),
     }
+    if lesion is not None:
+        inside = np.asarray(lesion, dtype=bool) & mask
+        if inside.any():
+            out["lesion_mae"] = mae(p, t, inside)
+            out["lesion_bias"] = float(np.mean(p[inside] - t[inside], dtype=np.float64))
     if physical:
         out["masked_mae_physical"] = mae(pred, truth, mask)
     if confidence is not None:

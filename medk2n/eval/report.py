@@ -13,7 +13,8 @@ from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale
 from medk2n.fsutil import write_atomic
 
-COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "masked_mae_physical", "confidence_spearman")
+COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "lesion_mae", "lesion_bias",
+           "masked_mae_physical", "confidence_spearman")
 
 
 def best_copy(summary: dict, target: str) -> str | None:
@@ -24,8 +25,10 @@ def best_copy(summary: dict, target: str) -> str | None:
 
 def markdown(result: EvalResult, title: str) -> str:
     summary = result.summary()
+    lesioned = len({r["case"] for r in result.rows if "lesion_mae" in r})
     lines = [f"### {title}", "", f"Sources: {', '.join(result.sources)}; subjects: "
-             f"{len({r['case'] for r in result.rows})}; mean ± sd over subjects.", ""]
+             f"{len({r['case'] for r in result.rows})}; mean ± sd over subjects"
+             + (f" (lesion_* over the {lesioned} with a lesion mask; bias < 0: lesion too dark)." if lesioned else "."), ""]
     header = ["target", "method"] + [c for c in COLUMNS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for target in result.targets:

@@ -74,3 +74,24 @@ def test_percentile_scale_and_summary():
 def test_mask_selecting_nothing_is_an_error():
     with pytest.raises(ValueError):
         psnr(np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2), bool))
+
+
+def test_lesion_metrics_by_hand():
+    # Tissue 0..1 ramp with a lesion at the top of the range; the prediction paints the lesion
+    # at mid-grey. Both volumes are percentile-scaled first, so compute what the protocol sees.
+    truth = np.tile(np.linspace(0.0, 0.8, 10, dtype=np.float32), (10, 10, 1)).transpose(0, 2, 1).copy()
+    mask = np.ones(truth.shape, bool)
+    lesion = np.zeros(truth.shape, bool)
+    lesion[4:6, 4:6, 4:6] = True
+    truth[lesion] = 1.0
+    pred = truth.copy()
+    pred[lesion] = 0.4
+    scores = score_volume(pred, truth, mask, lesion=lesion)
+    p, t = percentile_scale(pred, mask), percentile_scale(truth, mask)
+    assert scores["lesion_mae"] == pytest.approx(float(np.abs(p - t)[lesion].mean()))
+    assert scores["lesion_bias"] == pytest.approx(float((p - t)[lesion].mean()))
+    assert scores["lesion_bias"] < -0.3  # too dark, and the sign says so
+    perfect = score_volume(truth, truth, mask, lesion=lesion)
+    assert perfect["lesion_mae"] == 0.0 and perfect["lesion_bias"] == 0.0
+    # no lesion voxel inside the brain mask: no lesion metrics rather than a NaN
+    assert "lesion_mae" not in score_volume(pred, truth, mask, lesion=np.zeros_like(lesion))
