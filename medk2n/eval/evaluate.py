@@ -44,18 +44,17 @@ class EvalResult:
         return out
 
 
+def shipped_mask(case: Case, role: str) -> np.ndarray | None:
+    """The dataset's `role` mask ("brain", "lesion") as bool, or None when the case ships none."""
+    if role not in case.masks:
+        return None
+    return read_volume(case.masks[role], check_values=False)[0] > 0.5
+
+
 def subject_mask(case: Case, fallback: np.ndarray) -> np.ndarray:
     """The dataset's brain mask when it ships one, else one computed from a source."""
-    if "brain" in case.masks:
-        return read_volume(case.masks["brain"], check_values=False)[0] > 0.5
-    return brain_mask(fallback)
-
-
-def subject_lesion(case: Case) -> np.ndarray | None:
-    """The dataset's lesion mask when it ships one (for the lesion-only metrics)."""
-    if "lesion" not in case.masks:
-        return None
-    return read_volume(case.masks["lesion"], check_values=False)[0] > 0.5
+    shipped = shipped_mask(case, "brain")
+    return brain_mask(fallback) if shipped is None else shipped
 
 
 def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str], targets: Sequence[str],
@@ -72,7 +71,7 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         prepared = predictor.prepare(volumes, request, reference, case.name)
         outputs = predictor.restore(*predictor.infer(prepared, request), prepared, request)
         mask = subject_mask(case, volumes[sources[0]][0])
-        lesion = subject_lesion(case)
+        lesion = shipped_mask(case, "lesion")  # for the lesion-only metrics
         for target in targets:
             truth = volumes[target][0]
             physical = norms[target].kind == "range"

@@ -14,8 +14,9 @@ yet it is why the scan was taken. `lesion_mae` is the mean absolute error
 inside the lesion and `lesion_bias` the mean signed error there (negative:
 the synthesis paints the lesion darker, i.e. with less contrast, than the
 truth). Both are on the same percentile scale as the other metrics, so a
-missed bright lesion also shifts every other voxel (the lesion *is* the
-99.5th percentile of its volume), which is why it costs whole-brain PSNR.
+missed bright lesion also shifts every other voxel (a lesion of more than
+0.5 % of the brain sets its volume's 99.5th percentile), which is why it
+costs whole-brain PSNR.
 """
 
 from __future__ import annotations

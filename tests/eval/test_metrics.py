@@ -77,7 +77,7 @@ def test_mask_selecting_nothing_is_an_error():
 
 
 def test_lesion_metrics_by_hand():
-    # Tissue 0..1 ramp with a lesion at the top of the range; the prediction paints the lesion
+    # Tissue 0..0.8 ramp with a lesion at 1, above it; the prediction paints the lesion
     # at mid-grey. Both volumes are percentile-scaled first, so compute what the protocol sees.
     truth = np.tile(np.linspace(0.0, 0.8, 10, dtype=np.float32), (10, 10, 1)).transpose(0, 2, 1).copy()
     mask = np.ones(truth.shape, bool)
