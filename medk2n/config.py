@@ -120,13 +120,19 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q."""
+    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q, plus lesion*L1_lesion.
+
+    L1_lesion is the L1 inside the dataset's shipped lesion masks (0 where a
+    case ships none): an addition to the paper's objective, because a lesion
+    is a fraction of a percent of the voxels that L1 averages over.
+    """
 
     l1: float = 1.0
     ssim: float = 0.5
     cmim: float = 0.05
     metric: float = 0.05
     quality: float = 0.2
+    lesion: float = 0.2
     temperature: float = 0.07
     margin: float = 0.2
 
@@ -152,6 +158,9 @@ class TrainConfig:
     log_every: int = 20
     num_workers: int = 2
     slices_per_volume: int = 0  # 0 = every slice with brain tissue
+    # Fraction of each batch drawn from slices a shipped lesion mask covers
+    # (nnU-Net's oversample_foreground_percent); 0 = uniform over slices.
+    lesion_oversample: float = 0.33
     augment: bool = True
 
 

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from medk2n.data.cases import normalise_modality_name
+from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import VolumeInfo, check_volume_values
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
 from medk2n.errors import BundleError, DataError
@@ -124,14 +125,17 @@ class Synthesizer:
 
     def infer(self, prepared: PreparedCase, request: Request,
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Images and confidence [n_targets, S, H, W] in model space; brainless slices stay zero."""
+        """Images and confidence [n_targets, S, H, W] in model space; images are zero outside the head."""
         slots = [prepared.slices[m] for m in request.sources]
         slots += [np.zeros_like(slots[0])] * (self.bundle.k - len(slots))
         images, confidence = self.inferer(slots, request.src, request.tgt, request.avail,
                                           keep=brain_slices(prepared.brain), progress=progress)
         n = len(request.targets)
         # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
-        return np.clip(images[:n], 0.0, 1.0), confidence[:n]
+        # Outside the head mask the model was never trained (the loss is masked to it), so what
+        # it paints there is haze, not a synthesis: the background is written as 0.
+        support = synthesis_support(prepared.brain, [prepared.slices[m] for m in request.sources])
+        return np.clip(images[:n], 0.0, 1.0) * support[None], confidence[:n]
 
     def restore(self, images: np.ndarray, confidence: np.ndarray, prepared: PreparedCase,
                 request: Request) -> Outputs:
@@ -160,6 +164,25 @@ class Synthesizer:
         """Read a case folder, synthesise, write OUT/<case>/; raises on any failure (nothing written)."""
         loaded = load_stage(self, Path(case_dir), sources, targets, Path(out_dir), reference, overwrite)
         return finish_stage(self, loaded, Path(out_dir), overwrite, png)
+
+
+# Normalised source intensity below which a pixel outside the head mask counts as air.
+AIR_LEVEL = 0.05
+
+
+def synthesis_support(brain: np.ndarray, sources: Sequence[np.ndarray]) -> np.ndarray:
+    """Model-space pixels whose synthesis is kept: the head, one pixel around it, and any source signal.
+
+    The loss is masked to the head, so outside it the model paints untrained
+    haze over the air. The one-pixel margin is the support of the bilinear
+    resampling back to the scanner grid: without it, edge voxels of the head
+    would be blended with the zeroed background and come out too dark. A pixel
+    where any source has signal (above AIR_LEVEL of its normalised range) is
+    kept even outside the mask, so a tight field of view whose darkest tissue
+    touches the border is never blanked.
+    """
+    signal = np.max(np.stack(sources), axis=0) > AIR_LEVEL
+    return grow_2d(brain, 1) | signal
 
 
 def as_volumes(volumes: Volumes, affine: np.ndarray | None, name: str) -> dict[str, tuple[np.ndarray, VolumeInfo]]:

@@ -130,3 +130,24 @@ def test_eval_cli_writes_every_report(pipeline, tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     text = out.with_suffix(".md").read_text()
     assert "adc" in text and "dwi" in text and "copy:flair" in text
+
+
+def test_eval_names_a_mask_off_the_volume_grid(pipeline, tmp_path, capsys):
+    """A shipped lesion mask cropped by one voxel: one line naming the file, a failing exit, no report."""
+    import shutil
+
+    from medk2n.eval.cli import main as eval_main
+
+    case = sorted(p for p in pipeline["data"].iterdir() if p.is_dir())[0]
+    data = tmp_path / "data"
+    shutil.copytree(case, data / case.name)
+    mask_path = data / case.name / "lesion_mask.nii.gz"
+    mask = nib.load(str(mask_path))
+    nib.save(nib.Nifti1Image(np.asanyarray(mask.dataobj)[:-1], mask.affine), str(mask_path))
+    out = tmp_path / "metrics.json"
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main([str(pipeline["bundle"]), str(data), "--sources", "flair", "--targets", "dwi", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code not in (0, None) and "\n" not in err, err
+    assert str(mask_path) in err and "lesion mask is not on the grid" in err
+    assert not any(tmp_path.glob("metrics.*"))

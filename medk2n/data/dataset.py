@@ -23,7 +23,8 @@ import numpy as np
 from medk2n.config import NormSpec
 from medk2n.data.cases import Case, load_case, normalise_modality_name, scan_generic_case
 from medk2n.data.normalize import as_norm_spec
-from medk2n.data.preprocess import prepare_case
+from medk2n.data.nifti import read_volume
+from medk2n.data.preprocess import mask_to_slices, prepare_case
 from medk2n.errors import DataError
 
 # stage -> (several sources allowed, several targets allowed)
@@ -44,15 +45,21 @@ class _CaseSlices:
     ids: np.ndarray  # int64 [A] vocabulary ids of the modalities present
     images: np.ndarray  # uint16 [A, S, H, W]
     brain: np.ndarray  # bool [S, H, W]
+    lesion: np.ndarray | None  # uint16 [S, H, W] lesion fraction per pixel, None when none is shipped
 
 
 class SliceDataset:
     """Axial-slice samples of a list of cases (numpy only; a valid torch Dataset by duck typing).
 
     Item keys: x [Kmax,H,W], src [Kmax], avail [Kmax], target [Nmax,H,W],
-    tgt [Nmax], tgt_valid [Nmax], mask [H,W]. Padding entries have
-    avail/tgt_valid = 0, id 0 and zero images. Cases with fewer than two
-    vocabulary modalities cannot form a pair and are listed in `skipped`.
+    tgt [Nmax], tgt_valid [Nmax], mask [H,W], lesion [H,W]. Padding entries
+    have avail/tgt_valid = 0, id 0 and zero images. `lesion` is the shipped
+    lesion mask's cover of each pixel (zeros where the case ships none): the
+    trainer weights a lesion loss by it and oversamples `lesion_indices`,
+    because lesions are a fraction of a percent of the voxels a plain L1
+    averages over, yet decide a volume's top intensity percentile.
+    Cases with fewer than two vocabulary modalities cannot form a pair and
+    are listed in `skipped`.
     """
 
     def __init__(
@@ -113,16 +120,30 @@ class SliceDataset:
             self.skipped.append((case.name, "no slice with enough brain"))
             return None
         images = np.stack([prepared.slices[m][keep] for m in present])
+        lesion = None
+        if "lesion" in case.masks:
+            label, info = read_volume(case.masks["lesion"], check_values=False)
+            lesion = np.round(mask_to_slices(label, info, prepared)[keep] * _QUANT).astype(np.uint16)
         return _CaseSlices(
             name=case.name,
             ids=np.array([self.modalities.index(m) for m in present], dtype=np.int64),
             images=np.round(images * _QUANT).astype(np.uint16),
             brain=prepared.brain[keep],
+            lesion=lesion,
         )
 
     @property
     def case_names(self) -> list[str]:
         return [c.name for c in self._cases]
+
+    @property
+    def lesion_indices(self) -> np.ndarray:
+        """Item indices of slices that a shipped lesion mask covers by at least one model pixel."""
+        hit = [
+            case.lesion is not None and case.lesion[slice_i].sum() >= _QUANT
+            for case, slice_i in ((self._cases[c], s) for c, s in self._index)
+        ]
+        return np.flatnonzero(np.array(hit, dtype=bool))
 
     def set_stage(self, stage: str) -> None:
         """Curriculum stage: "1to1", "kto1", "1ton" or "kton"."""
@@ -157,9 +178,12 @@ class SliceDataset:
         src, tgt = order[:k], order[k : k + n]
         images = case.images[:, slice_i].astype(np.float32) / np.float32(_QUANT)
         mask = case.brain[slice_i].astype(np.float32)
+        lesion = np.zeros_like(mask)
+        if case.lesion is not None:
+            lesion = case.lesion[slice_i].astype(np.float32) / np.float32(_QUANT)
         flip, gamma = rng.random() < 0.5, float(np.exp(rng.uniform(-_LOG_GAMMA, _LOG_GAMMA)))
         if self.augment:
-            images, mask = self._augment(images, mask, case.ids, flip, gamma)
+            images, mask, lesion = self._augment(images, mask, lesion, case.ids, flip, gamma)
         x, src_ids, avail = _pad(images[src], case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {
@@ -170,6 +194,7 @@ class SliceDataset:
             "tgt": tgt_ids,
             "tgt_valid": tgt_valid,
             "mask": mask,
+            "lesion": lesion,
         }
 
     def _draw_counts(self, rng: np.random.Generator, available: int, stage: str) -> tuple[int, int]:
@@ -180,19 +205,19 @@ class SliceDataset:
         return k, int(rng.integers(1, n_hi + 1))
 
     def _augment(
-        self, images: np.ndarray, mask: np.ndarray, ids: np.ndarray, flip: bool, gamma: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, images: np.ndarray, mask: np.ndarray, lesion: np.ndarray, ids: np.ndarray, flip: bool, gamma: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left-right flip and gamma, the same for every channel of the sample.
 
         Gamma only touches percentile-normalised (weighted) images: a
         quantitative map such as ADC must keep its physical scale.
         """
         if flip:
-            images, mask = images[..., ::-1], mask[..., ::-1]
+            images, mask, lesion = images[..., ::-1], mask[..., ::-1], lesion[..., ::-1]
         weighted = self._gamma_ok[ids]
         images = images.copy()
         images[weighted] = images[weighted] ** np.float32(gamma)
-        return images, np.ascontiguousarray(mask)
+        return images, np.ascontiguousarray(mask), np.ascontiguousarray(lesion)
 
 
 def _pad(images: np.ndarray, ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

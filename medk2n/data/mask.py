@@ -65,6 +65,18 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def grow_2d(mask: np.ndarray, pixels: int = 1) -> np.ndarray:
+    """`mask` [..., H, W] grown by `pixels` in-plane (4-connected steps), slice by slice."""
+    out = np.array(mask, dtype=bool, copy=True)
+    for _ in range(max(0, int(pixels))):
+        prev = out.copy()
+        out[..., 1:, :] |= prev[..., :-1, :]
+        out[..., :-1, :] |= prev[..., 1:, :]
+        out[..., :, 1:] |= prev[..., :, :-1]
+        out[..., :, :-1] |= prev[..., :, 1:]
+    return out
+
+
 def _bounding_box(mask: np.ndarray, margin: int, axes: tuple[int, ...] | None = None) -> tuple[slice, ...]:
     """Slices of the smallest box holding `mask` along `axes`, grown by `margin` (clipped)."""
     box = []

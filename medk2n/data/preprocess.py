@@ -107,6 +107,24 @@ def prepare_case(
     )
 
 
+def mask_to_slices(mask: np.ndarray, info: VolumeInfo, prepared: PreparedCase) -> np.ndarray:
+    """A label mask (e.g. a shipped lesion mask) on the model slices of `prepared`: float32 [S, size, size].
+
+    Values are the fraction of each model pixel the label covers, not a
+    thresholded copy: a 1-voxel lesion at 1 mm would vanish at 64 x 64 if
+    cut at 0.5, but its partial weight still counts in a loss. A mask on
+    another grid than the case's reference (lesions drawn on DWI, images on
+    FLAIR) is resampled onto it by nearest neighbour, as images are with
+    `reference`.
+    """
+    label = (np.asarray(mask) > 0.5).astype(np.float32)
+    if geometry_mismatch(prepared.reference, info) is not None:
+        label = resample_to_reference(label, info, prepared.reference, order=0)
+    oriented, _ = to_canonical(label, prepared.reference.affine)
+    slices, _ = volume_to_slices(oriented, prepared.orientation.zooms, prepared.slicing.size)
+    return np.clip(slices, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def restore_volume(slices: np.ndarray, prepared: PreparedCase, norm: NormSpec | dict | None) -> np.ndarray:
     """Model output [S, size, size] -> float32 array of `prepared.reference.shape`.
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from medk2n.data.cases import Case, discover_dataset, load_case
 from medk2n.data.mask import brain_mask
-from medk2n.data.nifti import read_volume
+from medk2n.data.geometry import geometry_mismatch
+from medk2n.data.nifti import VolumeInfo, read_volume
 from medk2n.errors import DataError
 from medk2n.eval.protocol import score_volume, summarise
 from medk2n.eval.references import mean_prediction, mean_templates
@@ -44,17 +45,25 @@ class EvalResult:
         return out
 
 
-def shipped_mask(case: Case, role: str) -> np.ndarray | None:
-    """The dataset's `role` mask ("brain", "lesion") as bool, or None when the case ships none."""
+def shipped_mask(case: Case, role: str, grid: VolumeInfo) -> np.ndarray | None:
+    """The dataset's `role` mask ("brain", "lesion") as bool, or None when the case ships none.
+
+    Scores compare voxels of the volumes as stored, so a mask on another grid
+    is an error naming the file, not a resampling guess or a numpy traceback.
+    """
     if role not in case.masks:
         return None
-    return read_volume(case.masks[role], check_values=False)[0] > 0.5
+    array, info = read_volume(case.masks[role], check_values=False)
+    why = geometry_mismatch(grid, info)
+    if why is not None:
+        raise DataError(f"{info.path}: {role} mask is not on the grid of {Path(grid.path).name} ({why})")
+    return array > 0.5
 
 
-def subject_mask(case: Case, fallback: np.ndarray) -> np.ndarray:
+def subject_mask(case: Case, fallback: tuple[np.ndarray, VolumeInfo]) -> np.ndarray:
     """The dataset's brain mask when it ships one, else one computed from a source."""
-    shipped = shipped_mask(case, "brain")
-    return brain_mask(fallback) if shipped is None else shipped
+    shipped = shipped_mask(case, "brain", fallback[1])
+    return brain_mask(fallback[0]) if shipped is None else shipped
 
 
 def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str], targets: Sequence[str],
@@ -70,8 +79,8 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         request = predictor.request(sources, targets, case.name)
         prepared = predictor.prepare(volumes, request, reference, case.name)
         outputs = predictor.restore(*predictor.infer(prepared, request), prepared, request)
-        mask = subject_mask(case, volumes[sources[0]][0])
-        lesion = shipped_mask(case, "lesion")  # for the lesion-only metrics
+        mask = subject_mask(case, volumes[sources[0]])
+        lesion = shipped_mask(case, "lesion", volumes[sources[0]][1])  # for the lesion-only metrics
         for target in targets:
             truth = volumes[target][0]
             physical = norms[target].kind == "range"

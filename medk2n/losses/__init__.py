@@ -1,6 +1,10 @@
 """Training objective of Med-K2N (paper eq. 14) and of the baseline.
 
     L = l1 * L1 + ssim * (1 - SSIM) + cmim * L_con + metric * L_tri + quality * L_q
+        + lesion * L1_lesion
+
+L1_lesion (our addition, see LossConfig) is L1 weighted by the shipped lesion
+mask's cover of each pixel; it is 0 for batches without lesion masks.
 
 L1 covers the selected image and, averaged, every candidate head: in eval
 TaskHeadNet outputs one head alone, so each must be a full synthesis rather
@@ -30,13 +34,15 @@ def total_loss(
     cfg: LossConfig,
     mask: torch.Tensor | None = None,
     tgt_valid: torch.Tensor | None = None,
+    lesion: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 14 over the valid targets.
 
     target [B,N,H,W]; tgt [B,N]; mask [B,N,H,W] pixel weights for L1/SSIM
     (None = every pixel); tgt_valid [B,N] (0 = padded target, excluded from
-    every term; None = all valid). Returns the loss and the value of each
-    term, {"l1", "ssim" (= 1 - SSIM), "cmim", "metric", "quality"}, as floats.
+    every term; None = all valid); lesion [B,H,W] lesion cover per pixel
+    (None = no lesion masks). Returns the loss and the value of each term,
+    {"l1", "ssim" (= 1 - SSIM), "lesion", "cmim", "metric", "quality"}, as floats.
     """
     valid = torch.ones_like(target[:, :, 0, 0]) if tgt_valid is None else tgt_valid.to(target.dtype)
     weight = valid[:, :, None, None].expand_as(target)
@@ -45,6 +51,7 @@ def total_loss(
     terms = {
         "l1": masked_l1(out.images, target, weight) + masked_l1(out.candidates, target.unsqueeze(2), weight.unsqueeze(2)),
         "ssim": 1.0 - ssim(out.images, target, weight),
+        "lesion": _lesion_l1(out, target, valid, lesion),
         "quality": quality_loss(out, target, valid),
     }
     if out.image_embed is not None:
@@ -56,3 +63,11 @@ def total_loss(
         terms["cmim"] = terms["metric"] = torch.zeros((), device=target.device)
     loss = sum(getattr(cfg, name) * value for name, value in terms.items())
     return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+
+def _lesion_l1(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor, lesion: torch.Tensor | None) -> torch.Tensor:
+    """L1 of the image and of every candidate inside the lesions, as the main L1 covers both."""
+    if lesion is None:
+        return torch.zeros((), device=target.device)
+    weight = valid[:, :, None, None] * lesion.to(target.dtype)[:, None]
+    return masked_l1(out.images, target, weight) + masked_l1(out.candidates, target.unsqueeze(2), weight.unsqueeze(2))

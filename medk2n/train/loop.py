@@ -53,17 +53,30 @@ class DetailedForward(torch.nn.Module):
 
 
 class StepBatches(Sampler):
-    """Yields, for each step from `start`, this rank's share of the global batch as (index, step) pairs."""
+    """Yields, for each step from `start`, this rank's share of the global batch as (index, step) pairs.
 
-    def __init__(self, size: int, batch: int, seed: int, start: int, stop: int, ctx: DistContext):
+    A `focus_fraction` of every global batch (rounded) is drawn from `focus`
+    (the slices a lesion mask covers), the rest uniformly from all slices.
+    """
+
+    def __init__(self, size: int, batch: int, seed: int, start: int, stop: int, ctx: DistContext,
+                 focus: np.ndarray | None = None, focus_fraction: float = 0.0):
         self.size, self.batch, self.seed = size, batch, seed
         self.start, self.stop, self.ctx = start, stop, ctx
+        self.focus = np.asarray(focus if focus is not None else [], dtype=np.int64)
+        self.focus_fraction = float(focus_fraction)
 
     def __iter__(self):
         global_batch = self.batch * self.ctx.world_size
+        n_focus = int(round(self.focus_fraction * global_batch)) if len(self.focus) else 0
+        n_plain = global_batch - n_focus
         for step in range(self.start, self.stop):
             rng = np.random.default_rng([self.seed, step])
-            picks = rng.choice(self.size, size=global_batch, replace=global_batch > self.size)
+            picks = rng.choice(self.size, size=n_plain, replace=n_plain > self.size)
+            if n_focus:
+                focus = rng.choice(self.focus, size=n_focus, replace=n_focus > len(self.focus))
+                # Interleaved, so every rank's share holds its part of the focus draws.
+                picks = rng.permutation(np.concatenate([picks, focus]))
             mine = picks[self.ctx.rank :: self.ctx.world_size]
             yield [(int(i), step) for i in mine]
 
@@ -151,7 +164,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     items = CurriculumItems(train_set, tc.seed, tc.max_steps, tc.curriculum)
     loader = DataLoader(
         items,
-        batch_sampler=StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx),
+        batch_sampler=StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx,
+                                  focus=train_set.lesion_indices, focus_fraction=tc.lesion_oversample),
         num_workers=tc.num_workers,
         pin_memory=ctx.device.type == "cuda",
     )
@@ -237,7 +251,7 @@ def _step(forward, model, batch, cfg, optimizer, scaler, amp_dtype) -> tuple[flo
             out = forward(part["x"], part["src"], part["tgt"], part["avail"])
             mask = part["mask"].unsqueeze(1).expand_as(part["target"])
             loss, parts = total_loss(out, part["target"], part["tgt"], model, cfg.loss,
-                                     mask=mask, tgt_valid=part["tgt_valid"])
+                                     mask=mask, tgt_valid=part["tgt_valid"], lesion=part["lesion"])
         scaler.scale(loss / chunks).backward()
         total += float(loss.detach()) / chunks
         for k, v in parts.items():

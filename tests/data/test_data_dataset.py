@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import head
 
 from medk2n.config import DEFAULT_MODALITIES, default_normalization
 from medk2n.data.cases import discover_dataset
@@ -140,3 +141,30 @@ def test_split_cases_is_deterministic_disjoint_and_order_free(tmp_path):
     assert split_cases(cases, 0.2, seed=4) != (train, val)
     assert split_cases(cases[:1], 0.5, seed=0) == (cases[:1], [])
     assert split_cases(cases[:2], 0.01, seed=0)[1] != []
+
+
+def test_items_carry_the_shipped_lesion_mask_through_flips(tmp_path, write_case):
+    """`lesion` covers the bright lesion pixels of every draw (flipped with the images) and is 0 without a mask."""
+    shape = (12, 10, 8)
+    lesion = np.zeros(shape, dtype=np.float32)
+    lesion[2:5, 6:9, 3:5] = 1.0  # off-centre in-plane, on slices 3 and 4
+    flair = head(shape) * 100
+    flair[lesion > 0] = 400
+    write_case(tmp_path / "lesioned", {"flair": flair, "t2": None, "lesion_mask": lesion})
+    write_case(tmp_path / "plain", {"flair": None, "t2": None})
+    ds = make(tmp_path, min_brain_fraction=0.0)
+    assert ds.case_names == ["lesioned", "plain"]
+    lesion_slices = ds.lesion_indices
+    assert lesion_slices.tolist() == [3, 4]  # the lesioned case's slices come first in the index
+    for index in range(len(ds)):
+        for epoch in range(4):  # several draws, so both flipped and unflipped items occur
+            ds.set_epoch(epoch)
+            item = ds[index]
+            if index not in lesion_slices:
+                assert not item["lesion"].any()
+                continue
+            flair_image = item["x"][0] if item["src"][0] == VOCAB.index("flair") else item["target"][0]
+            cover = item["lesion"]
+            inside = (flair_image * cover).sum() / cover.sum()
+            mirrored = (flair_image * cover[..., ::-1]).sum() / cover.sum()  # where an unflipped mask would be
+            assert cover.max() > 0.5 and inside > mirrored + 0.3

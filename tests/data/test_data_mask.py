@@ -1,6 +1,6 @@
 import numpy as np
 
-from medk2n.data.mask import brain_mask, fill_holes_2d, largest_component
+from medk2n.data.mask import brain_mask, fill_holes_2d, grow_2d, largest_component
 
 
 def ball(shape=(24, 24, 12), radius=0.7):
@@ -46,3 +46,12 @@ def test_fill_holes_is_per_slice_and_keeps_open_regions():
     out = fill_holes_2d(mask)
     assert out[3:5, 3:5, 0].all()
     assert not out[3:5, 3:8, 1].any()
+
+
+def test_grow_2d_adds_a_ring_in_plane_only():
+    mask = np.zeros((3, 7, 7), dtype=bool)
+    mask[1, 3, 3] = True
+    grown = grow_2d(mask, 1)
+    assert grown[1].sum() == 5 and not grown[0].any() and not grown[2].any()  # a plus, no slice bleed
+    assert grow_2d(mask, 2)[1].sum() == 13 and grow_2d(mask, 0).sum() == 1
+    assert mask.sum() == 1  # input untouched

@@ -8,7 +8,7 @@ from data_fixtures import AFFINES, SHAPE, head, save_nifti
 from medk2n.config import NormSpec, default_normalization
 from medk2n.data.cases import load_case
 from medk2n.data.nifti import read_volume, write_volume
-from medk2n.data.preprocess import prepare_case, restore_volume
+from medk2n.data.preprocess import mask_to_slices, prepare_case, restore_volume
 from medk2n.errors import DataError
 
 NORMS = default_normalization()
@@ -118,3 +118,22 @@ def test_percentiles_come_from_the_head_not_the_noise_floor(tmp_path):
     assert (t2[csf] >= hi).mean() < 0.1  # bright tissue keeps its contrast
     # a modality is scaled by its own volume, whatever comes with it
     assert together.norm["t2"] == alone.norm["t2"]
+
+
+def test_lesion_mask_lands_on_the_same_pixels_from_another_grid(tmp_path):
+    """A mask stored LPS over RAS images (a different grid) is resampled onto the images' pixels."""
+    case = write_pair(tmp_path / "case", AFFINES["iso"])
+    prepared = prepare_case(load_case(case, ["flair", "adc"]), NORMS, 12)
+    lesion = np.zeros(SHAPE, dtype=np.float32)
+    lesion[3:5, 6:8, 2:4] = 1.0
+    same = mask_to_slices(lesion, read_volume(case / "flair.nii.gz")[1], prepared)
+    # The same voxels stored with the first two axes reversed: an LPS grid, not the images' RAS one.
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:2, 3] = SHAPE[0] - 1, SHAPE[1] - 1
+    flipped = save_nifti(tmp_path / "lps_mask.nii.gz", lesion[::-1, ::-1], lps)
+    other = mask_to_slices(*read_volume(flipped, check_values=False), prepared)
+    np.testing.assert_allclose(other, same, atol=1e-6)
+    assert same.shape == prepared.brain.shape and 0 <= same.min() and same.max() <= 1
+    # Slices 2 and 3 hold the lesion, each with 2 x 2 voxels of cover.
+    np.testing.assert_allclose(same.sum(axis=(1, 2))[[1, 2, 3, 4]], [0, 4, 4, 0], atol=0.2)
+

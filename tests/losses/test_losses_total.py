@@ -31,7 +31,7 @@ def test_parts_and_weights():
     x, src, tgt, target = _batch()
     out = model.forward_detailed(x, src, tgt)
     loss, parts = total_loss(out, target, tgt, model, LossConfig())
-    assert set(parts) == {"l1", "ssim", "cmim", "metric", "quality"}
+    assert set(parts) == {"l1", "ssim", "lesion", "cmim", "metric", "quality"}
     assert all(isinstance(v, float) for v in parts.values()) and parts["cmim"] > 0
     cfg = LossConfig(l1=2.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0)
     only_l1, _ = total_loss(out, target, tgt, model, cfg)
@@ -76,3 +76,31 @@ def test_cmim_terms_are_zero_when_the_ablation_has_no_cmim():
     assert out.image_embed is None
     _, parts = total_loss(out, target, tgt, model, LossConfig())
     assert parts["cmim"] == 0.0 and parts["metric"] == 0.0
+
+
+def test_lesion_term_is_the_l1_inside_the_lesion_cover():
+    model = _model("B5").eval()
+    x, src, tgt, target = _batch()
+    with torch.no_grad():
+        out = model.forward_detailed(x, src, tgt)
+        lesion = torch.zeros(2, 64, 64)
+        lesion[0, 10:14, 20:30] = 1.0
+        lesion[1, 40:42, 5:9] = 0.5
+        valid = torch.tensor([[1.0, 1.0], [1.0, 0.0]])  # sample 1's second target is padding
+        loss, parts = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid, lesion=lesion)
+        without, none = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid)
+
+        def by_hand(images: torch.Tensor) -> float:  # images [B,N,H,W]
+            total = weight = 0.0
+            for b in range(2):
+                for n in range(2):
+                    w = lesion[b] * valid[b, n]
+                    total += float(((images[b, n] - target[b, n]).abs() * w).sum())
+                    weight += float(w.sum())
+            return total / weight
+
+        heads = out.candidates.shape[2]
+        expected = by_hand(out.images) + sum(by_hand(out.candidates[:, :, h]) for h in range(heads))
+    assert parts["lesion"] == pytest.approx(expected, rel=1e-5)
+    assert none["lesion"] == 0.0
+    assert (loss - without).item() == pytest.approx(LossConfig().lesion * parts["lesion"], rel=1e-4)

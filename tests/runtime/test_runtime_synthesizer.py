@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from runtime_fixtures import SHAPE, expected_outputs, fields, interior, make_affine, write_case
 
+from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import VolumeInfo
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.bundle import load_bundle
-from medk2n.runtime.synthesizer import Synthesizer, volume_info
+from medk2n.runtime.synthesizer import Synthesizer, as_volumes, volume_info
 
 ADC_TOL = 20.0  # 0.5 % of the 0..4000 range; resampling error in the interior is ~2
 UNIT_TOL = 5e-3
@@ -143,3 +144,43 @@ def test_run_case_writes_a_whole_folder_or_nothing(tmp_path: Path, synth: Synthe
     with pytest.raises(DataError, match="missing modality 'flair'"):
         synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def haze_everywhere(synth: Synthesizer):
+    """A stand-in network that paints 0.5 on every pixel, air included."""
+
+    def infer(slots, src, tgt, avail, keep, progress=None):
+        shape = (synth.bundle.n, *slots[0].shape)
+        return np.full(shape, 0.5, np.float32), np.ones(shape, np.float32)
+
+    return infer
+
+
+def test_background_outside_the_grown_head_is_zero(bundle_dir: Path) -> None:
+    """What the network paints over the air (it is never trained there) is written as 0."""
+    volumes = {m: v.copy() for m, v in fields().items() if m != "t1"}
+    for v in volumes.values():
+        v[:8] = 0  # air over the first 8 voxels of the first in-plane axis
+    with Synthesizer(bundle_dir, backend="cpu", threads=1) as synth:
+        request = synth.request(["t2", "flair"], ["dwi"])
+        prepared = synth.prepare(as_volumes(volumes, make_affine("iso"), "air"), request)
+        synth.inferer = haze_everywhere(synth)
+        images, confidence = synth.infer(prepared, request)
+    kept = grow_2d(prepared.brain, 1)
+    assert (kept & ~prepared.brain).any() and not kept.all()
+    np.testing.assert_array_equal(images[0][kept], 0.5)  # the head and a one-pixel margin
+    np.testing.assert_array_equal(images[0][~kept], 0.0)  # the air beyond
+    assert np.all(confidence == 1.0)
+
+
+def test_tissue_outside_the_head_mask_is_not_blanked(bundle_dir: Path) -> None:
+    """No air in the field of view: the mask drops the darkest border tissue, the sources' signal keeps it."""
+    volumes = {m: v for m, v in fields().items() if m != "t1"}
+    with Synthesizer(bundle_dir, backend="cpu", threads=1) as synth:
+        request = synth.request(["t2", "flair"], ["dwi"])
+        prepared = synth.prepare(as_volumes(volumes, make_affine("iso"), "tight"), request)
+        synth.inferer = haze_everywhere(synth)
+        images, _ = synth.infer(prepared, request)
+    inside_fov = np.max(np.stack([prepared.slices[m] for m in request.sources]), axis=0) > 0.05
+    assert not grow_2d(prepared.brain, 1)[inside_fov].all()  # the mask alone would blank tissue
+    np.testing.assert_array_equal(images[0][inside_fov], 0.5)

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from medk2n.config import preset
 from medk2n.train.checkpoint import load_checkpoint
 from medk2n.train.cli import main as train_main
-from medk2n.train.loop import train
+from medk2n.train.distributed import DistContext
+from medk2n.train.loop import StepBatches, train
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +76,19 @@ def test_checkpoint_config_is_json_with_vocabulary(phantom, tmp_path):
     doc = json.loads((tmp_path / "run" / "checkpoints" / "last" / "config.json").read_text())
     assert doc["experiment"]["model"]["modalities"][:2] == ["t1", "t1c"]
     assert doc["experiment"]["model"]["normalization"]["adc"]["kind"] == "range"
+
+
+def test_batches_draw_the_lesion_fraction_from_lesion_slices():
+    focus = np.array([3, 17, 40])
+    sampler = StepBatches(100, 8, seed=5, start=0, stop=50, ctx=DistContext(), focus=focus, focus_fraction=0.25)
+    batches = [[index for index, _ in batch] for batch in sampler]
+    assert len(batches) == 50 and all(len(b) == 8 for b in batches)
+    assert all(np.isin(b, focus).sum() >= 2 for b in batches)
+    # No lesion slices, or a zero fraction: uniform draws, exactly as before the option existed.
+    for plain in (StepBatches(100, 8, 5, 0, 50, DistContext(), focus=focus, focus_fraction=0.0),
+                  StepBatches(100, 8, 5, 0, 50, DistContext(), focus=np.array([], dtype=int), focus_fraction=0.25)):
+        expected = [np.random.default_rng([5, step]).choice(100, size=8, replace=False).tolist() for step in range(50)]
+        assert [[index for index, _ in batch] for batch in plain] == expected
+    # Deterministic per step, so a resumed run replays the same batches.
+    resumed = StepBatches(100, 8, seed=5, start=20, stop=50, ctx=DistContext(), focus=focus, focus_fraction=0.25)
+    assert [[index for index, _ in batch] for batch in resumed] == batches[20:]
