@@ -126,15 +126,15 @@ class Synthesizer:
     def infer(self, prepared: PreparedCase, request: Request,
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Images and confidence [n_targets, S, H, W] in model space; images are zero outside the head."""
-        slots = [prepared.slices[m] for m in request.sources]
-        slots += [np.zeros_like(slots[0])] * (self.bundle.k - len(slots))
+        sources = [prepared.slices[m] for m in request.sources]
+        slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
         images, confidence = self.inferer(slots, request.src, request.tgt, request.avail,
                                           keep=brain_slices(prepared.brain), progress=progress)
         n = len(request.targets)
         # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
         # Outside the head mask the model was never trained (the loss is masked to it), so what
         # it paints there is haze, not a synthesis: the background is written as 0.
-        support = synthesis_support(prepared.brain, [prepared.slices[m] for m in request.sources])
+        support = synthesis_support(prepared.brain, sources)
         return np.clip(images[:n], 0.0, 1.0) * support[None], confidence[:n]
 
     def restore(self, images: np.ndarray, confidence: np.ndarray, prepared: PreparedCase,
@@ -181,7 +181,7 @@ def synthesis_support(brain: np.ndarray, sources: Sequence[np.ndarray]) -> np.nd
     kept even outside the mask, so a tight field of view whose darkest tissue
     touches the border is never blanked.
     """
-    signal = np.max(np.stack(sources), axis=0) > AIR_LEVEL
+    signal = np.maximum.reduce(list(sources)) > AIR_LEVEL  # no [K, S, H, W] stacked copy
     return grow_2d(brain, 1) | signal
 
 

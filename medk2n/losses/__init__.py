@@ -49,7 +49,7 @@ def total_loss(
     if mask is not None:
         weight = weight * mask.to(target.dtype)
     terms = {
-        "l1": masked_l1(out.images, target, weight) + masked_l1(out.candidates, target.unsqueeze(2), weight.unsqueeze(2)),
+        "l1": _image_and_candidates_l1(out, target, weight),
         "ssim": 1.0 - ssim(out.images, target, weight),
         "lesion": _lesion_l1(out, target, valid, lesion),
         "quality": quality_loss(out, target, valid),
@@ -69,5 +69,13 @@ def _lesion_l1(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor, lesion
     """L1 of the image and of every candidate inside the lesions, as the main L1 covers both."""
     if lesion is None:
         return torch.zeros((), device=target.device)
-    weight = valid[:, :, None, None] * lesion.to(target.dtype)[:, None]
+    return _image_and_candidates_l1(out, target, valid[:, :, None, None] * lesion.to(target.dtype)[:, None])
+
+
+def _image_and_candidates_l1(out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 of the selected image plus that of the candidate heads (weight [B,N,H,W]).
+
+    The candidate part divides by one head's weight while summing every head,
+    so it counts Kh times a head's mean: kept as trained, noted as a known quirk.
+    """
     return masked_l1(out.images, target, weight) + masked_l1(out.candidates, target.unsqueeze(2), weight.unsqueeze(2))
