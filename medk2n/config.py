@@ -120,11 +120,16 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q, plus lesion*L1_lesion.
+    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q, plus lesion*L1_lesion
+    and histogram*W1.
 
     L1_lesion is the L1 inside the dataset's shipped lesion masks (0 where a
     case ships none): an addition to the paper's objective, because a lesion
     is a fraction of a percent of the voxels that L1 averages over.
+    W1 is the distance between the sorted intensities of synthesis and truth
+    inside the mask (losses.image.histogram_l1): an addition too, because L1
+    alone dims uncertain bright tissue and per-volume percentile scaling turns
+    that compressed tail into an error over the whole brain.
     """
 
     l1: float = 1.0
@@ -133,6 +138,7 @@ class LossConfig:
     metric: float = 0.05
     quality: float = 0.2
     lesion: float = 0.2
+    histogram: float = 1.0
     temperature: float = 0.07
     margin: float = 0.2
 

@@ -86,10 +86,30 @@ def read_checkpoint_config(directory: str | Path) -> tuple[ExperimentConfig, dic
     if not isinstance(doc, dict) or doc.get("format_version") != FORMAT_VERSION or "experiment" not in doc:
         raise CheckpointError(f"{path}: not a medk2n checkpoint config (format_version {FORMAT_VERSION})")
     try:
-        cfg = ExperimentConfig.from_dict(doc["experiment"], source=str(path))
+        cfg = ExperimentConfig.from_dict(_with_earlier_defaults(doc["experiment"]), source=str(path))
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
     return cfg, doc.get("training", {})
+
+
+# Options added after format 1 whose defaults differ from what came before. A
+# checkpoint written before one existed was trained the old way, so its config
+# reads the old value: `--resume` keeps the objective the run started with.
+LATER_OPTIONS = {
+    ("loss", "lesion"): 0.0,
+    ("loss", "histogram"): 0.0,
+    ("train", "lesion_oversample"): 0.0,
+}
+
+
+def _with_earlier_defaults(experiment: Any) -> Any:
+    if not isinstance(experiment, dict):
+        return experiment
+    experiment = {k: dict(v) if isinstance(v, dict) else v for k, v in experiment.items()}
+    for (section, key), before in LATER_OPTIONS.items():
+        if isinstance(experiment.get(section), dict):
+            experiment[section].setdefault(key, before)
+    return experiment
 
 
 def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, ExperimentConfig, dict]:

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from medk2n.config import DEFAULT_MODALITIES
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
-from medk2n.losses.image import masked_l1, ssim
+from medk2n.losses.image import histogram_l1, masked_l1, ssim
 from medk2n.losses.quality import quality_loss
 from medk2n.models.output import K2NOutput
 
@@ -22,6 +22,31 @@ def test_masked_l1_ignores_zero_weight_pixels():
     weight[..., 2:, :] = 1.0
     assert masked_l1(pred, target, weight) == 0
     assert masked_l1(pred, target, torch.ones_like(weight)) == pytest.approx(0.5)
+
+
+def test_histogram_l1_compares_sorted_intensities_inside_the_mask():
+    target = _smooth(1)
+    weight = torch.ones_like(target)
+    weight[..., :8, :] = 0.0
+    # Any rearrangement of the same intensities has the same histogram ...
+    flipped = target.flip(-1)
+    assert histogram_l1(flipped, target, torch.ones_like(target)).item() == pytest.approx(0.0, abs=1e-6)
+    assert masked_l1(flipped, target, weight) > 0.01
+    # ... what lies outside the mask does not count, whatever it is ...
+    outside = torch.where(weight > 0, target, torch.full_like(target, 7.0))
+    assert histogram_l1(outside, target, weight).item() == pytest.approx(0.0, abs=1e-6)
+    # ... and a compressed bright tail costs exactly its mean shortfall (sorting keeps the pairing).
+    dimmed = torch.where(target > 0.5, 0.5 + 0.5 * (target - 0.5), target)
+    inside = weight > 0
+    expected = ((target - dimmed).abs()[inside]).mean()
+    assert histogram_l1(dimmed, target, weight).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_histogram_l1_gradient_lifts_a_dimmed_tail():
+    target = _smooth(2)
+    pred = (0.8 * target).requires_grad_()
+    histogram_l1(pred, target, torch.ones_like(target)).backward()
+    assert (pred.grad < 0).all()  # raising every pixel toward its quantile lowers the loss
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():

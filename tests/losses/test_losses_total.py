@@ -31,9 +31,9 @@ def test_parts_and_weights():
     x, src, tgt, target = _batch()
     out = model.forward_detailed(x, src, tgt)
     loss, parts = total_loss(out, target, tgt, model, LossConfig())
-    assert set(parts) == {"l1", "ssim", "lesion", "cmim", "metric", "quality"}
+    assert set(parts) == {"l1", "ssim", "lesion", "histogram", "cmim", "metric", "quality"}
     assert all(isinstance(v, float) for v in parts.values()) and parts["cmim"] > 0
-    cfg = LossConfig(l1=2.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0)
+    cfg = LossConfig(l1=2.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0, histogram=0.0)
     only_l1, _ = total_loss(out, target, tgt, model, cfg)
     assert only_l1.item() == pytest.approx(2.0 * parts["l1"], rel=1e-5)
     loss.backward()
@@ -104,3 +104,22 @@ def test_lesion_term_is_the_l1_inside_the_lesion_cover():
     assert parts["lesion"] == pytest.approx(expected, rel=1e-5)
     assert none["lesion"] == 0.0
     assert (loss - without).item() == pytest.approx(LossConfig().lesion * parts["lesion"], rel=1e-4)
+
+
+def test_histogram_term_covers_the_image_and_the_mean_over_heads():
+    from medk2n.losses.image import histogram_l1
+
+    model = _model("B5").eval()
+    x, src, tgt, target = _batch()
+    with torch.no_grad():
+        out = model.forward_detailed(x, src, tgt)
+        valid = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+        _, parts = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid)
+        ones = valid[:, :, None, None].expand_as(target)
+        heads = out.candidates.shape[2]
+        expected = float(histogram_l1(out.images, target, ones)) + sum(
+            float(histogram_l1(out.candidates[:, :, h], target, ones)) for h in range(heads)) / heads
+        off, _ = total_loss(out, target, tgt, model, LossConfig(histogram=0.0), tgt_valid=valid)
+        on, _ = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid)
+    assert parts["histogram"] == pytest.approx(expected, rel=1e-5)
+    assert (on - off).item() == pytest.approx(LossConfig().histogram * parts["histogram"], rel=1e-4)

@@ -1,0 +1,28 @@
+import json
+
+from medk2n.config import preset
+from medk2n.train.checkpoint import FORMAT_VERSION, LATER_OPTIONS, read_checkpoint_config
+
+
+def _write(folder, experiment):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "experiment": experiment}))
+    return folder
+
+
+def test_a_checkpoint_from_before_a_later_term_reads_it_as_off(tmp_path):
+    experiment = preset("tiny").to_dict()
+    for section, key in LATER_OPTIONS:
+        del experiment[section][key]
+    cfg, _ = read_checkpoint_config(_write(tmp_path / "old", experiment))
+    assert cfg.loss.lesion == 0.0 and cfg.loss.histogram == 0.0 and cfg.train.lesion_oversample == 0.0
+    # Everything the old run did record is kept.
+    assert cfg.loss.l1 == experiment["loss"]["l1"] and cfg.train.lr == experiment["train"]["lr"]
+
+
+def test_a_checkpoint_that_records_the_terms_keeps_their_values(tmp_path):
+    experiment = preset("tiny").to_dict()
+    experiment["loss"]["histogram"] = 0.7
+    cfg, _ = read_checkpoint_config(_write(tmp_path / "new", experiment))
+    assert cfg.loss.histogram == 0.7
+    assert cfg.loss.lesion == preset("tiny").loss.lesion > 0
