@@ -60,9 +60,12 @@ $(DEMO)/run/.done: $(DEMO)/train/.done
 		--max-steps $(DEMO_STEPS) --budget-minutes $(DEMO_BUDGET_MIN)
 	touch $@
 
+# The demo exports `last`, the end of the cosine schedule, not `best`: `best` is picked by
+# slice PSNR on the 2 validation subjects, too few to rank checkpoints a few hundred steps
+# apart (nnU-Net predicts with its final checkpoint for the same reason).
 $(DEMO)/bundle-%/manifest.json: $(DEMO)/run/.done
 	rm -rf $(DEMO)/bundle-$*
-	$(BIN)/medk2n-export $(DEMO)/run/checkpoints/best --k 2 --n 4 --precision $* \
+	$(BIN)/medk2n-export $(DEMO)/run/checkpoints/last --k 2 --n 4 --precision $* \
 		--calib $(DEMO)/train --batch 1:8:16 --out $(DEMO)/bundle-$*
 
 $(DEMO)/out/.done: $(DEMO)/bundle-fp32/manifest.json $(DEMO)/bundle-int8/manifest.json
