@@ -35,16 +35,15 @@ def histogram_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     it dimmer and compresses the bright tail. Per-volume percentile scaling,
     the protocol synthesis is scored with, then stretches that compressed tail
     and lifts every tissue. Comparing sorted intensities penalises the shape of
-    the histogram whatever the pixels' positions. Images [B,N,H,W]; a pixel
-    counts where its weight is > 0.5; mean over pixels of the images that have any.
+    the histogram whatever the pixels' positions. Images [..., H, W]; a pixel
+    counts where its weight is > 0.5; the result is the mean over all counted pixels.
     """
     member = weight > 0.5
-    count = member.flatten(-2).sum(-1)
     # Non-members sort first in both, in equal number, so they pair with each other and cancel.
     floor = torch.minimum(pred.detach().min(), target.min()) - 1.0
     p = torch.where(member, pred, floor).flatten(-2).sort(dim=-1).values
     t = torch.where(member, target, floor).flatten(-2).sort(dim=-1).values
-    return (p - t).abs().sum() / count.sum().clamp_min(1)
+    return (p - t).abs().sum() / member.sum().clamp_min(1)
 
 
 @functools.lru_cache(maxsize=4)
