@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,16 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     pred = noisy.clone().requires_grad_(True)
     (1 - ssim(pred, image, weight)).backward()
     assert pred.grad.abs().sum() > 0
+
+
+def test_training_ssim_map_is_the_evaluation_ssim():
+    """The loss's separable, grouped blur computes the protocol's SSIM (float64 NumPy reference)."""
+    from medk2n.eval.metrics import ssim_map as reference_map
+    from medk2n.losses.image import ssim_map
+
+    pred, truth = _smooth(1, (2, 3, 32, 32)), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    expected = reference_map(pred.numpy(), truth.numpy())
+    assert np.abs(ssim_map(pred, truth).double().numpy() - expected).max() < 1e-5
 
 
 def _output(candidates, quality, images=None, state_error=None) -> K2NOutput:
