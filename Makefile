@@ -32,14 +32,20 @@ $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check ->
-# train (tiny preset, ~12 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
+# train (tiny preset, ~11 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
 # run the torch-free runtime on held-out cases -> evaluate against references.
 # Each stage leaves a stamp, so re-running `make demo` resumes where it stopped.
 # 3 mm phantoms: the tiny preset works at 64x64, about their native in-plane size, so the
 # volume-level scores measure synthesis rather than 64x64 resampling loss.
 DEMO_SPACING ?= 3
-DEMO_STEPS ?= 1800
-DEMO_BUDGET_MIN ?= 12
+DEMO_STEPS ?= 2200
+DEMO_BUDGET_MIN ?= 15
+# 16 training subjects, not 8: on subjects no choice was made on, the model trained on 8
+# lost DWI to copying FLAIR in all three seeds (README, Results). The test subjects come
+# from a seed no recipe choice was ever judged on (choices used seeds 1000 and 2000).
+DEMO_TRAIN_SUBJECTS ?= 16
+DEMO_TEST_SUBJECTS ?= 6
+DEMO_TEST_SEED ?= 3000
 
 demo: $(DEMO)/eval/metrics.json
 	@echo
@@ -48,8 +54,8 @@ demo: $(DEMO)/eval/metrics.json
 
 $(DEMO)/train/.done: $(VENV)/.installed
 	rm -rf $(DEMO)/train $(DEMO)/test
-	$(BIN)/medk2n-data phantom --out $(DEMO)/train --subjects 8 --seed 0 --spacing $(DEMO_SPACING)
-	$(BIN)/medk2n-data phantom --out $(DEMO)/test --subjects 3 --seed 1000 --spacing $(DEMO_SPACING)
+	$(BIN)/medk2n-data phantom --out $(DEMO)/train --subjects $(DEMO_TRAIN_SUBJECTS) --seed 0 --spacing $(DEMO_SPACING)
+	$(BIN)/medk2n-data phantom --out $(DEMO)/test --subjects $(DEMO_TEST_SUBJECTS) --seed $(DEMO_TEST_SEED) --spacing $(DEMO_SPACING)
 	$(BIN)/medk2n-data check $(DEMO)/train
 	$(BIN)/medk2n-data check $(DEMO)/test
 	touch $@
