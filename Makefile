@@ -67,8 +67,8 @@ $(DEMO)/run/.done: $(DEMO)/train/.done
 	touch $@
 
 # The demo exports `last`, the end of the cosine schedule, not `best`: `best` is picked by
-# slice PSNR on the 2 validation subjects, too few to rank checkpoints a few hundred steps
-# apart (nnU-Net predicts with its final checkpoint for the same reason).
+# slice PSNR on the 3 validation subjects (a fifth of 16), too few to rank checkpoints a few
+# hundred steps apart (nnU-Net predicts with its final checkpoint for the same reason).
 $(DEMO)/bundle-%/manifest.json: $(DEMO)/run/.done
 	rm -rf $(DEMO)/bundle-$*
 	$(BIN)/medk2n-export $(DEMO)/run/checkpoints/last --k 2 --n 4 --precision $* \
