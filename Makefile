@@ -32,7 +32,8 @@ $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check ->
-# train (tiny preset, ~11 min on 2 CPU cores) -> export FP32 + INT8 bundles ->
+# train (configs/demo.yaml: the tiny preset with T1/T2/PD histogram-standardised, ~11 min
+# on 2 CPU cores) -> export FP32 + INT8 bundles ->
 # run the torch-free runtime on held-out cases -> evaluate against references.
 # Each stage leaves a stamp, so re-running `make demo` resumes where it stopped.
 # 3 mm phantoms: the tiny preset works at 64x64, about their native in-plane size, so the
@@ -60,9 +61,9 @@ $(DEMO)/train/.done: $(VENV)/.installed
 	$(BIN)/medk2n-data check $(DEMO)/test
 	touch $@
 
-$(DEMO)/run/.done: $(DEMO)/train/.done
+$(DEMO)/run/.done: $(DEMO)/train/.done configs/demo.yaml
 	rm -rf $(DEMO)/run
-	$(BIN)/medk2n-train --config tiny --data $(DEMO)/train --out $(DEMO)/run \
+	$(BIN)/medk2n-train --config configs/demo.yaml --data $(DEMO)/train --out $(DEMO)/run \
 		--max-steps $(DEMO_STEPS) --budget-minutes $(DEMO_BUDGET_MIN)
 	touch $@
 

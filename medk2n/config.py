@@ -32,6 +32,11 @@ MODALITY_DESCRIPTIONS = {
 }
 
 
+# Landmarks of the output standard scale: the deciles of Nyul & Udupa (1999) between the
+# 0.5/99.5 percentiles that per-volume normalisation and the evaluation protocol use.
+STANDARD_PERCENTILES = (0.5, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.5)
+
+
 @dataclass
 class NormSpec:
     """How one modality is scaled to [0, 1].
@@ -46,12 +51,25 @@ class NormSpec:
     kind: str = "percentile"
     low: float = 0.5
     high: float = 99.5
+    # Output side only: the standard scale (Nyul & Udupa 1999) a synthesised volume of this
+    # modality is mapped onto, as positions in [0, 1] of STANDARD_PERCENTILES. Training fits it
+    # for the modalities in `train.standardize_outputs`; None leaves outputs as the model made them.
+    standard: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("percentile", "range"):
             raise ConfigError(f"normalisation kind must be 'percentile' or 'range', got {self.kind!r}")
         if not self.high > self.low:
             raise ConfigError(f"normalisation needs high > low, got {self.low}..{self.high}")
+        if self.standard is not None:
+            self.standard = [float(v) for v in self.standard]
+            if self.kind != "percentile":
+                raise ConfigError("a standard scale applies to percentile-normalised modalities only")
+            steps = [b - a for a, b in zip(self.standard, self.standard[1:])]
+            if len(self.standard) != len(STANDARD_PERCENTILES) or min(steps) < 0 or self.standard[0] != 0.0 \
+                    or self.standard[-1] != 1.0:
+                raise ConfigError(f"standard scale must be {len(STANDARD_PERCENTILES)} non-decreasing values "
+                                  f"from 0 to 1 (at percentiles {list(STANDARD_PERCENTILES)}), got {self.standard}")
 
 
 def default_normalization() -> dict[str, NormSpec]:
@@ -168,6 +186,11 @@ class TrainConfig:
     # (nnU-Net's oversample_foreground_percent); 0 = uniform over slices.
     lesion_oversample: float = 0.33
     augment: bool = True
+    # Targets whose synthesis is histogram-standardised (data/standardize.py) onto the standard
+    # scale of the training subjects' acquisitions, fitted before step 1 and stored in the
+    # modality's normalisation. Off by default: it helps contrasts whose histogram has one layout
+    # in every subject and can hurt one shaped by pathology (README, Results: DWI).
+    standardize_outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -176,6 +199,13 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name in self.train.standardize_outputs:
+            spec = self.model.normalization.get(str(name).lower())
+            if spec is None or spec.kind != "percentile":
+                raise ConfigError(f"train.standardize_outputs: {name!r} is not a percentile-normalised modality "
+                                  f"of the vocabulary; weighted images only (physical maps keep their units)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

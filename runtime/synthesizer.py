@@ -20,7 +20,9 @@ import numpy as np
 from medk2n.data.cases import normalise_modality_name
 from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import VolumeInfo, check_volume_values
+from medk2n.data.normalize import as_norm_spec
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
+from medk2n.data.standardize import standardize
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.backends import BackendChoice, backend_chain, open_runner
 from medk2n.runtime.bundle import Bundle, load_bundle
@@ -139,12 +141,21 @@ class Synthesizer:
 
     def restore(self, images: np.ndarray, confidence: np.ndarray, prepared: PreparedCase,
                 request: Request) -> Outputs:
-        """Model-space outputs -> arrays on the reference grid (range norms -> physical units)."""
-        return {
-            target: (restore_volume(images[i], prepared, self.bundle.norms[target]),
-                     restore_volume(confidence[i], prepared, None))
-            for i, target in enumerate(request.targets)
-        }
+        """Model-space outputs -> arrays on the reference grid (range norms -> physical units).
+
+        A target whose normalisation carries a standard scale (fitted by training
+        when the config asks for it) is histogram-standardised inside the head.
+        """
+        outputs, head = {}, None
+        for i, target in enumerate(request.targets):
+            norm = as_norm_spec(self.bundle.norms[target])
+            image = restore_volume(images[i], prepared, norm)
+            if norm.standard is not None:
+                if head is None:
+                    head = restored_head(prepared)
+                image = standardize(image, head, norm.standard)
+            outputs[target] = (image, restore_volume(confidence[i], prepared, None))
+        return outputs
 
     def run(self, volumes: Volumes, sources: Sequence[str] | None, targets: Sequence[str],
             reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input") -> Outputs:
@@ -168,6 +179,11 @@ class Synthesizer:
 
 # Normalised source intensity below which a pixel outside the head mask counts as air.
 AIR_LEVEL = 0.05
+
+
+def restored_head(prepared: PreparedCase) -> np.ndarray:
+    """The model-space head mask on the reference grid: where restored outputs carry synthesis."""
+    return restore_volume(prepared.brain.astype(np.float32), prepared, None) > 0.5
 
 
 def synthesis_support(brain: np.ndarray, sources: Sequence[np.ndarray]) -> np.ndarray:

@@ -28,6 +28,7 @@ from medk2n.models import build_model
 from medk2n.train import checkpoint as ckpt
 from medk2n.train.distributed import DistContext, all_reduce_mean, any_rank, setup, teardown
 from medk2n.train.logger import RunLogger
+from medk2n.train.output_scales import fit_output_scales
 from medk2n.train.schedule import curriculum_stage, warmup_cosine
 from medk2n.train.validate import validate
 
@@ -142,6 +143,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     torch.manual_seed(tc.seed + ctx.rank)
 
     train_set, val_set = _datasets(cfg, data_dir)
+    if state is None and tc.standardize_outputs:
+        fit_output_scales(cfg, split_cases(discover_dataset(data_dir), tc.val_fraction, tc.seed)[0])
     model = _model(cfg, ctx, run_dir if resume else None)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay

@@ -25,7 +25,7 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.onnx"]
     assert (manifest.k, manifest.n, manifest.image_size, manifest.precision) == (2, 4, 64, "fp32")
     assert manifest.modalities == cfg.model.modalities
-    assert manifest.normalization["adc"] == {"kind": "range", "low": 0.0, "high": 4000.0}
+    assert manifest.normalization["adc"] == {"kind": "range", "low": 0.0, "high": 4000.0, "standard": None}
     assert [(m.file, m.format, m.precision) for m in manifest.models] == [("model.onnx", "onnx", "fp32")]
     assert [t.name for t in manifest.inputs] == ["x", "src", "tgt", "avail"]
     assert manifest.outputs[0].shape == [1, 4, 64, 64] and manifest.batch == {"min": 1, "opt": 1, "max": 1}

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fixtures import SHAPE, expected_outputs, fields, interior, make_affine, write_case
+from runtime_fixtures import (NORMS, SHAPE, edit_manifest, expected_outputs, fields, interior, make_affine,
+                              make_bundle, write_case)
 
+from medk2n.config import STANDARD_PERCENTILES
 from medk2n.data.mask import grow_2d
+from medk2n.data.standardize import standardize
 from medk2n.data.nifti import VolumeInfo
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.bundle import load_bundle
-from medk2n.runtime.synthesizer import Synthesizer, as_volumes, volume_info
+from medk2n.runtime.synthesizer import Synthesizer, as_volumes, restored_head, volume_info
 
 ADC_TOL = 20.0  # 0.5 % of the 0..4000 range; resampling error in the interior is ~2
 UNIT_TOL = 5e-3
@@ -184,3 +187,22 @@ def test_tissue_outside_the_head_mask_is_not_blanked(bundle_dir: Path) -> None:
     inside_fov = np.max(np.stack([prepared.slices[m] for m in request.sources]), axis=0) > 0.05
     assert not grow_2d(prepared.brain, 1)[inside_fov].all()  # the mask alone would blank tissue
     np.testing.assert_array_equal(images[0][inside_fov], 0.5)
+
+
+def test_targets_with_a_standard_scale_are_standardised_inside_the_head(tmp_path: Path) -> None:
+    skewed = [0.0, 0.3, 0.45, 0.55, 0.62, 0.68, 0.74, 0.8, 0.86, 0.92, 1.0]
+    plain = make_bundle(tmp_path / "plain")
+    scaled = make_bundle(tmp_path / "scaled")
+    edit_manifest(scaled, normalization={**NORMS, "dwi": {**NORMS["dwi"], "standard": skewed}})
+    volumes = fields()
+    request = dict(volumes={"t2": volumes["t2"], "flair": volumes["flair"]}, sources=["t2", "flair"],
+                   targets=["dwi", "adc"], affine=make_affine("oblique"))
+    with Synthesizer(plain, backend="cpu", threads=1) as a, Synthesizer(scaled, backend="cpu", threads=1) as b:
+        raw, out = a.run(**request), b.run(**request)
+        prepared = a.prepare(as_volumes(request["volumes"], request["affine"], "x"),
+                             a.request(["t2", "flair"], ["dwi", "adc"]), None, "x")
+    head = restored_head(prepared)
+    np.testing.assert_allclose(out["dwi"][0], standardize(raw["dwi"][0], head, skewed), atol=1e-6)
+    np.testing.assert_allclose(np.percentile(out["dwi"][0][head], STANDARD_PERCENTILES), skewed, atol=0.03)
+    np.testing.assert_array_equal(out["adc"][0], raw["adc"][0])  # physical units are never remapped
+    np.testing.assert_array_equal(out["dwi"][1], raw["dwi"][1])  # nor is the confidence map

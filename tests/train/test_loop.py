@@ -92,3 +92,45 @@ def test_batches_draw_the_lesion_fraction_from_lesion_slices():
     # Deterministic per step, so a resumed run replays the same batches.
     resumed = StepBatches(100, 8, seed=5, start=20, stop=50, ctx=DistContext(), focus=focus, focus_fraction=0.25)
     assert [[index for index, _ in batch] for batch in resumed] == batches[20:]
+
+
+def test_standardised_targets_get_a_fitted_scale_that_outputs_follow(phantom, tmp_path):
+    from medk2n.config import STANDARD_PERCENTILES
+    from medk2n.data.cases import discover_dataset, load_case
+    from medk2n.eval.predictor import checkpoint_synthesizer
+    from medk2n.runtime.synthesizer import restored_head
+
+    cfg = tiny_cfg()
+    cfg.train.standardize_outputs = ["pd", "t2"]
+    train(cfg, phantom, tmp_path / "run", max_steps=2, progress=False)
+    last = tmp_path / "run" / "checkpoints" / "last"
+    norms = json.loads((last / "config.json").read_text())["experiment"]["model"]["normalization"]
+    assert norms["t1"]["standard"] is None and norms["adc"]["standard"] is None
+    for m in ("pd", "t2"):
+        scale = norms[m]["standard"]
+        assert len(scale) == len(STANDARD_PERCENTILES) and scale[0] == 0 and scale[-1] == 1
+        assert np.all(np.diff(scale) >= 0) and 0.2 < scale[5] < 0.95  # a real histogram's median, not a stub
+    # The synthesis of a standardised target has the scale's landmarks inside the restored head.
+    case = discover_dataset(phantom)[0]
+    with checkpoint_synthesizer(last, 2, 2) as synth:
+        volumes = load_case(case, ["flair", "adc"])
+        request = synth.request(["flair", "adc"], ["pd", "t1"], case.name)
+        prepared = synth.prepare(volumes, request, None, case.name)
+        out = synth.restore(*synth.infer(prepared, request), prepared, request)
+    head = restored_head(prepared)
+    np.testing.assert_allclose(np.percentile(out["pd"][0][head], STANDARD_PERCENTILES), norms["pd"]["standard"],
+                               atol=0.03)
+    # --resume keeps the scale the run started with rather than refitting.
+    train(cfg, phantom, tmp_path / "run", max_steps=4, resume=True, progress=False)
+    again = json.loads((last / "config.json").read_text())["experiment"]["model"]["normalization"]
+    assert again["pd"]["standard"] == norms["pd"]["standard"]
+
+
+def test_standardising_a_physical_map_is_a_config_error():
+    from medk2n.config import ExperimentConfig
+    from medk2n.errors import ConfigError
+
+    data = preset("tiny").to_dict()
+    data["train"]["standardize_outputs"] = ["adc"]
+    with pytest.raises(ConfigError, match="standardize_outputs: 'adc'"):
+        ExperimentConfig.from_dict(data)

@@ -1,0 +1,62 @@
+"""Histogram standardisation of synthesised volumes (Nyul & Udupa, MRM 42:1072, 1999).
+
+Why: a synthesis is a conditional mean, smoother than any acquisition. The
+acquired image's 0.5/99.5 percentiles sit in noise and partial-volume tails
+that the synthesis lacks, so when both are scaled by their own percentiles
+(as radiologists' viewers and the evaluation protocol do) every tissue of the
+synthesis lands at a different place in [0, 1] than in a real scan. Mapping
+the synthesis's own landmarks onto the cohort's standard scale, piecewise
+linearly, restores the intensity layout real acquisitions of that contrast
+have, without touching the image's order of intensities (the map is monotone).
+Numpy only: the runtime applies it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from medk2n.config import STANDARD_PERCENTILES
+
+
+def landmarks(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """STANDARD_PERCENTILES of `volume` inside `mask`, scaled so the first is 0 and the last 1.
+
+    None when the mask is empty or the volume is constant inside it.
+    """
+    values = np.asarray(volume)[np.asarray(mask, dtype=bool)]
+    if values.size == 0:
+        return None
+    marks = np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
+    span = marks[-1] - marks[0]
+    if not span > 0:
+        return None
+    return (marks - marks[0]) / span
+
+
+def fit_standard(volumes: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[float] | None:
+    """The standard scale of a cohort: the mean of its (volume, mask) pairs' scaled landmarks."""
+    marks = [m for m in (landmarks(v, mask) for v, mask in volumes) if m is not None]
+    if not marks:
+        return None
+    mean = np.mean(marks, axis=0)
+    mean[0], mean[-1] = 0.0, 1.0  # exact ends, as NormSpec requires
+    return [float(v) for v in np.maximum.accumulate(mean)]
+
+
+def standardize(volume: np.ndarray, mask: np.ndarray, standard: list[float]) -> np.ndarray:
+    """Map `volume`'s own landmarks inside `mask` onto `standard` (float32 in [0, 1]).
+
+    Values below the 0.5th / above the 99.5th percentile map to 0 / 1. A volume
+    whose landmarks do not strictly increase (a flat region, an empty mask)
+    comes back unchanged: there is no histogram to standardise.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    values = volume[np.asarray(mask, dtype=bool)]
+    if values.size == 0:
+        return volume
+    own = np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
+    if np.any(np.diff(own) <= 0):
+        return volume
+    return np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)
