@@ -13,7 +13,7 @@ SAM2_SPEC ?= sam2==1.1.0
 DEMO ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean FORCE
 
 install: $(VENV)/.installed
 
@@ -48,12 +48,27 @@ DEMO_TRAIN_SUBJECTS ?= 16
 DEMO_TEST_SUBJECTS ?= 6
 DEMO_TEST_SEED ?= 3000
 
+# Recipe stamps: rewritten only when a recipe variable changes, so `make demo DEMO_STEPS=...`
+# (or a new default after a pull) redoes the stages it affects instead of reusing a stale demo.
+DEMO_DATA_RECIPE := spacing $(DEMO_SPACING); train $(DEMO_TRAIN_SUBJECTS) subjects, seed 0; test $(DEMO_TEST_SUBJECTS) subjects, seed $(DEMO_TEST_SEED)
+DEMO_TRAIN_RECIPE := $(DEMO_STEPS) steps
+
+$(DEMO)/.data-recipe: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DEMO_DATA_RECIPE)' | cmp -s - $@ || echo '$(DEMO_DATA_RECIPE)' > $@
+
+$(DEMO)/.train-recipe: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DEMO_TRAIN_RECIPE)' | cmp -s - $@ || echo '$(DEMO_TRAIN_RECIPE)' > $@
+
+FORCE:
+
 demo: $(DEMO)/eval/metrics.json
 	@echo
 	@cat $(DEMO)/eval/metrics.md
 	@echo "demo outputs: $(DEMO)/out/<case>/ (NIfTI + montage.png), evaluation: $(DEMO)/eval/"
 
-$(DEMO)/train/.done: $(VENV)/.installed
+$(DEMO)/train/.done: $(VENV)/.installed $(DEMO)/.data-recipe
 	rm -rf $(DEMO)/train $(DEMO)/test
 	$(BIN)/medk2n-data phantom --out $(DEMO)/train --subjects $(DEMO_TRAIN_SUBJECTS) --seed 0 --spacing $(DEMO_SPACING)
 	$(BIN)/medk2n-data phantom --out $(DEMO)/test --subjects $(DEMO_TEST_SUBJECTS) --seed $(DEMO_TEST_SEED) --spacing $(DEMO_SPACING)
@@ -61,7 +76,7 @@ $(DEMO)/train/.done: $(VENV)/.installed
 	$(BIN)/medk2n-data check $(DEMO)/test
 	touch $@
 
-$(DEMO)/run/.done: $(DEMO)/train/.done configs/demo.yaml
+$(DEMO)/run/.done: $(DEMO)/train/.done configs/demo.yaml $(DEMO)/.train-recipe
 	rm -rf $(DEMO)/run
 	$(BIN)/medk2n-train --config configs/demo.yaml --data $(DEMO)/train --out $(DEMO)/run \
 		--max-steps $(DEMO_STEPS) --budget-minutes $(DEMO_BUDGET_MIN)
