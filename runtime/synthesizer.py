@@ -20,7 +20,6 @@ import numpy as np
 from medk2n.data.cases import normalise_modality_name
 from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import VolumeInfo, check_volume_values
-from medk2n.data.normalize import as_norm_spec
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
 from medk2n.data.standardize import standardize
 from medk2n.errors import BundleError, DataError
@@ -148,7 +147,7 @@ class Synthesizer:
         """
         outputs, head = {}, None
         for i, target in enumerate(request.targets):
-            norm = as_norm_spec(self.bundle.norms[target])
+            norm = self.bundle.norms[target]
             image = restore_volume(images[i], prepared, norm)
             if norm.standard is not None:
                 if head is None:

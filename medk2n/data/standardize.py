@@ -20,15 +20,22 @@ import numpy as np
 from medk2n.config import STANDARD_PERCENTILES
 
 
+def _percentile_marks(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """STANDARD_PERCENTILES of `volume` inside `mask`, in its own units; None for an empty mask."""
+    values = np.asarray(volume)[np.asarray(mask, dtype=bool)]
+    if values.size == 0:
+        return None
+    return np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
+
+
 def landmarks(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     """STANDARD_PERCENTILES of `volume` inside `mask`, scaled so the first is 0 and the last 1.
 
     None when the mask is empty or the volume is constant inside it.
     """
-    values = np.asarray(volume)[np.asarray(mask, dtype=bool)]
-    if values.size == 0:
+    marks = _percentile_marks(volume, mask)
+    if marks is None:
         return None
-    marks = np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
     span = marks[-1] - marks[0]
     if not span > 0:
         return None
@@ -53,10 +60,7 @@ def standardize(volume: np.ndarray, mask: np.ndarray, standard: list[float]) -> 
     comes back unchanged: there is no histogram to standardise.
     """
     volume = np.asarray(volume, dtype=np.float32)
-    values = volume[np.asarray(mask, dtype=bool)]
-    if values.size == 0:
-        return volume
-    own = np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
-    if np.any(np.diff(own) <= 0):
+    own = _percentile_marks(volume, mask)
+    if own is None or np.any(np.diff(own) <= 0):
         return volume
     return np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)

@@ -142,9 +142,9 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
         tc = cfg.train
     torch.manual_seed(tc.seed + ctx.rank)
 
-    train_set, val_set = _datasets(cfg, data_dir)
+    train_set, val_set, train_cases = _datasets(cfg, data_dir)
     if state is None and tc.standardize_outputs:
-        fit_output_scales(cfg, split_cases(discover_dataset(data_dir), tc.val_fraction, tc.seed)[0])
+        fit_output_scales(cfg, train_cases)
     model = _model(cfg, ctx, run_dir if resume else None)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
@@ -210,7 +210,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     return TrainResult(step=step, last_loss=loss_value, best_metric=best, run_dir=run_dir, history=history)
 
 
-def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, SliceDataset]:
+def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, SliceDataset, list]:
+    """Training and validation slices, and the training cases (split once, by subject)."""
     cases = discover_dataset(data_dir)
     if len(cases) < 2:
         raise DataError(f"{data_dir}: need at least 2 usable cases (one for validation), found {len(cases)}")
@@ -226,7 +227,7 @@ def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, Slic
     val_set = SliceDataset(val_cases, augment=False, seed=cfg.train.seed + 1, **common)
     if len(train_set) == 0:
         raise DataError(f"{data_dir}: no training slices with brain tissue found")
-    return train_set, val_set
+    return train_set, val_set, train_cases
 
 
 def _model(cfg: ExperimentConfig, ctx: DistContext, resume_dir: Path | None):
