@@ -117,7 +117,8 @@ def _take(pool: SlicePool, index: slice) -> SlicePool:
     return SlicePool(pool.images[index], pool.present[index], pool.brain[index], pool.cases[index])
 
 
-def draw_samples(pool: SlicePool, spec: GraphSpec, seed: int) -> SampleSet:
+def draw_samples(pool: SlicePool, spec: GraphSpec, seed: int, roles: dict[str, list[str]] | None = None,
+                 modalities: list[str] | None = None) -> SampleSet:
     """One random valid K->N task per slice, with ground truth for every target.
 
     The base source rotates through each slice's modalities so every source
@@ -125,30 +126,59 @@ def draw_samples(pool: SlicePool, spec: GraphSpec, seed: int) -> SampleSet:
     quarter of the samples drop the other sources through `avail` (1->N), the
     path a K-source graph takes when a case has fewer sources. Targets are
     distinct when the slice has enough other modalities, repeated otherwise.
+    `roles` (the manifest's, over the vocabulary `modalities`) keeps the tasks
+    to the sources and targets the model was trained for: a role-restricted
+    model is calibrated and scored on the tasks it will be asked to do.
     """
+    vocab = pool.images.shape[1]
+    source_ok, target_ok = (_role_mask(roles, role, modalities, vocab) for role in ("sources", "targets"))
+    rows = [i for i in range(len(pool)) if _bases(pool.present[i], source_ok, target_ok).size]
+    if not rows:
+        raise ExportError(f"no calibration slice has a source and a target of the trained roles {roles}")
     rng = np.random.default_rng(seed)
     k, n = spec.k, spec.n
-    count = len(pool)
+    count = len(rows)
     x = np.zeros((count, k) + pool.images.shape[2:], np.float32)
     src = np.zeros((count, k), np.int64)
     tgt = np.zeros((count, n), np.int64)
     avail = np.zeros((count, k), np.float32)
-    for i in range(count):
-        have = np.flatnonzero(pool.present[i])
-        base = have[i % have.size]
-        others = rng.permutation(have[have != base])
-        n_src = min(k, have.size - 1)
+    for i, row in enumerate(rows):
+        have = np.flatnonzero(pool.present[row])
+        bases = _bases(pool.present[row], source_ok, target_ok)
+        base = bases[i % bases.size]
+        others = rng.permutation(have[(have != base) & source_ok[have]])
+        n_src = min(k, others.size + 1)
         if k > 1 and rng.random() < 0.25:
             n_src = 1
-        sources = np.concatenate([[base], others[: n_src - 1]])
-        rest = rng.permutation(np.setdiff1d(have, sources))
+        targets = have[target_ok[have]]
+        while np.setdiff1d(targets, np.concatenate([[base], others[: n_src - 1]])).size == 0:
+            n_src -= 1  # keep at least one target: drop sources the targets need
+        sources = np.concatenate([[base], others[: n_src - 1]]).astype(np.int64)
+        rest = rng.permutation(np.setdiff1d(targets, sources))
         src[i, :n_src] = sources
         src[i, n_src:] = sources[0]
         avail[i, :n_src] = 1.0
-        x[i, :n_src] = pool.images[i, sources]
+        x[i, :n_src] = pool.images[row, sources]
         tgt[i] = rest[np.arange(n) % rest.size]
-    target = np.take_along_axis(pool.images, tgt[:, :, None, None], axis=1)
-    return SampleSet({"x": x, "src": src, "tgt": tgt, "avail": avail}, target, pool.brain)
+    images = pool.images[rows]
+    target = np.take_along_axis(images, tgt[:, :, None, None], axis=1)
+    return SampleSet({"x": x, "src": src, "tgt": tgt, "avail": avail}, target, pool.brain[rows])
+
+
+def _role_mask(roles: dict[str, list[str]] | None, role: str, modalities: list[str] | None, vocab: int) -> np.ndarray:
+    names = (roles or {}).get(role)
+    if not names:
+        return np.ones(vocab, dtype=bool)
+    if modalities is None:
+        raise ValueError("roles need the modality vocabulary")
+    return np.array([m in names for m in modalities])
+
+
+def _bases(present: np.ndarray, source_ok: np.ndarray, target_ok: np.ndarray) -> np.ndarray:
+    """Sources that leave at least one other present target: the possible first source of a task."""
+    have = np.flatnonzero(present)
+    targets = have[target_ok[have]]
+    return np.array([s for s in have[source_ok[have]] if np.setdiff1d(targets, [s]).size], dtype=np.int64)
 
 
 def source_coverage(samples: SampleSet, modalities: list[str]) -> list[str]:

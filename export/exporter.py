@@ -32,7 +32,7 @@ from medk2n.export.onnx_export import check_onnx, export_onnx
 from medk2n.export.source import Source, load_source
 from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS, GraphSpec, parse_batch
 from medk2n.export.wrapper import prepare_for_export
-from medk2n.manifest import Manifest, ModelFile
+from medk2n.manifest import Manifest, ModelFile, training_roles
 
 CALIB_SEED = 0
 EVAL_SEED = 1
@@ -207,14 +207,15 @@ def _prepare_context(
         calib_pool, held_pool = calibration.load_pools(
             source.config.model, spec.size, options.calib, options.calib_slices
         )
-    held_out = calibration.draw_samples(held_pool, spec, EVAL_SEED)
+    roles, vocab = training_roles(source.config.train), list(source.config.model.modalities)
+    held_out = calibration.draw_samples(held_pool, spec, EVAL_SEED, roles, vocab)
     ctx = _Context(
         options=options,
         source=source,
         spec=spec,
         stage=stage,
         scratch=scratch,
-        calib=calibration.draw_samples(calib_pool, spec, CALIB_SEED),
+        calib=calibration.draw_samples(calib_pool, spec, CALIB_SEED, roles, vocab),
         held_out=held_out,
         timings=timings,
     )
@@ -275,4 +276,5 @@ def _manifest(ctx: _Context) -> Manifest:
         accuracy=ctx.accuracy,
         versions=_versions(ctx),
         source=ctx.source.record,
+        roles=training_roles(ctx.source.config.train),
     )

@@ -191,6 +191,12 @@ class TrainConfig:
     # modality's normalisation. Off by default: it helps contrasts whose histogram has one layout
     # in every subject and can hurt one shaped by pathology (README, Results: DWI).
     standardize_outputs: list[str] = field(default_factory=list)
+    # The roles training draws modalities in: `sources` are the contrasts a site acquires,
+    # `targets` the ones it needs (empty = every modality of the vocabulary, the general K->N
+    # model). A model trained for fixed roles spends all its steps on that task; the runtime
+    # refuses a source or target outside them (the manifest records them).
+    sources: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -201,6 +207,15 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for role in ("sources", "targets"):
+            names = [str(m).lower() for m in getattr(self.train, role)]
+            unknown = [m for m in names if m not in self.model.modalities]
+            if unknown:
+                raise ConfigError(f"train.{role}: {unknown[0]!r} is not in the vocabulary {self.model.modalities}")
+            setattr(self.train, role, names)
+        if self.train.sources and self.train.targets and \
+                not any(s != t for s in self.train.sources for t in self.train.targets):
+            raise ConfigError("train.sources and train.targets leave no source-target pair to train on")
         for name in self.train.standardize_outputs:
             spec = self.model.normalization.get(str(name).lower())
             if spec is None or spec.kind != "percentile":

@@ -56,6 +56,9 @@ class Manifest:
     accuracy: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint path/sha, config
+    # The roles the model was trained for (config train.sources / train.targets): a request
+    # outside them is refused. Absent or empty: any modality of the vocabulary.
+    roles: dict[str, list[str]] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -96,6 +99,11 @@ class Manifest:
             if m.format == fmt and (precision is None or m.precision == precision):
                 return m
         return None
+
+
+def training_roles(train: Any) -> dict[str, list[str]]:
+    """{"sources": [...], "targets": [...]} of a TrainConfig, each only when training restricted it."""
+    return {role: list(getattr(train, role)) for role in ("sources", "targets") if getattr(train, role, None)}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -93,6 +93,12 @@ class Synthesizer:
         for role, names in (("source", sources), ("target", targets)):
             if len(set(names)) != len(names):
                 raise DataError(f"{name}: {role}s listed twice: {', '.join(names)}")
+        for role, names in (("sources", sources), ("targets", targets)):
+            trained = b.manifest.roles.get(role)
+            outside = [m for m in names if trained and m not in trained]
+            if outside:
+                raise BundleError(f"{name}: {outside[0]!r} cannot be one of the {role}: this model was trained "
+                                  f"with {role} {', '.join(trained)} only (train.{role})")
         both = [m for m in targets if m in sources]
         if both:
             raise DataError(f"{name}: {both[0]!r} is both a source and a target")

@@ -77,10 +77,15 @@ class SliceDataset:
         min_brain_fraction: float = 0.05,
         slices_per_volume: int = 0,
         reference: str | None = None,
+        sources: Sequence[str] | None = None,
+        targets: Sequence[str] | None = None,
     ) -> None:
         if max_sources < 1 or max_targets < 1:
             raise DataError(f"max_sources and max_targets must be >= 1, got {max_sources}, {max_targets}")
         self.modalities = [normalise_modality_name(m) for m in modalities]
+        # Which modalities may be drawn in each role (None or empty = all of the vocabulary).
+        self._source_ok, self._target_ok = (self._role_mask(pool) for pool in (sources, targets))
+        self._pooled = bool(sources) or bool(targets)
         self.max_sources, self.max_targets = int(max_sources), int(max_targets)
         self.seed, self.epoch, self.augment = int(seed), 0, bool(augment)
         self.set_stage(stage)
@@ -97,6 +102,19 @@ class SliceDataset:
         if len(self._index) == 0:
             raise DataError(f"no usable slices in {len(cases)} case(s) (skipped: {self.skipped or 'none'})")
 
+    def _role_mask(self, pool: Sequence[str] | None) -> np.ndarray:
+        if not pool:
+            return np.ones(len(self.modalities), dtype=bool)
+        names = {normalise_modality_name(m) for m in pool}
+        unknown = sorted(names - set(self.modalities))
+        if unknown:
+            raise DataError(f"modalities {unknown} are not in the vocabulary {self.modalities}")
+        return np.array([m in names for m in self.modalities])
+
+    def _pairable(self, ids: np.ndarray) -> bool:
+        """Whether a case with these modality ids has a source and a different target to draw."""
+        return any(self._target_ok[t] and any(self._source_ok[s] for s in ids if s != t) for t in ids)
+
     def _prepare(
         self,
         case: Case | Path,
@@ -111,6 +129,9 @@ class SliceDataset:
         present = [m for m in self.modalities if m in case.files]
         if len(present) < 2:
             self.skipped.append((case.name, f"needs >= 2 of {self.modalities}, has {present}"))
+            return None
+        if not self._pairable(np.array([self.modalities.index(m) for m in present])):
+            self.skipped.append((case.name, f"has no source and target of the training roles among {present}"))
             return None
         prepared = prepare_case(load_case(case, present), {m: norms[m] for m in present}, size, reference)
         keep = np.flatnonzero(prepared.brain.mean(axis=(1, 2)) >= min_brain_fraction)
@@ -173,9 +194,12 @@ class SliceDataset:
             raise DataError(f"unknown curriculum stage {stage!r}; choose one of {', '.join(STAGES)}")
         case_i, slice_i = self._index[index]
         case = self._cases[case_i]
-        k, n = self._draw_counts(rng, len(case.ids), stage)
-        order = rng.permutation(len(case.ids))
-        src, tgt = order[:k], order[k : k + n]
+        if self._pooled:
+            src, tgt = self._draw_roles(rng, case.ids, stage)
+        else:
+            k, n = self._draw_counts(rng, len(case.ids), stage)
+            order = rng.permutation(len(case.ids))
+            src, tgt = order[:k], order[k : k + n]
         images = case.images[:, slice_i].astype(np.float32) / np.float32(_QUANT)
         mask = case.brain[slice_i].astype(np.float32)
         lesion = np.zeros_like(mask)
@@ -203,6 +227,23 @@ class SliceDataset:
         k = int(rng.integers(1, k_hi + 1))
         n_hi = min(self.max_targets if many_targets else 1, available - k)
         return k, int(rng.integers(1, n_hi + 1))
+
+    def _draw_roles(self, rng: np.random.Generator, ids: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Disjoint source and target positions within the role pools, sizes per the stage.
+
+        One target is reserved first, among those that leave a source to draw,
+        so a modality in both pools can never take the last target as a source.
+        """
+        many_sources, many_targets = STAGES[stage]
+        positions = np.arange(len(ids))
+        first = rng.choice([t for t in positions if self._target_ok[ids[t]]
+                            and any(self._source_ok[ids[s]] for s in positions if s != t)])
+        sources = rng.permutation([s for s in positions if s != first and self._source_ok[ids[s]]])
+        k = int(rng.integers(1, min(self.max_sources if many_sources else 1, len(sources)) + 1))
+        rest = rng.permutation([t for t in positions if t != first and t not in sources[:k] and self._target_ok[ids[t]]])
+        n = int(rng.integers(1, min(self.max_targets if many_targets else 1, len(rest) + 1) + 1))
+        targets = rng.permutation(np.concatenate([[first], rest[: n - 1]]).astype(np.int64))
+        return sources[:k].astype(np.int64), targets
 
     def _augment(
         self, images: np.ndarray, mask: np.ndarray, lesion: np.ndarray, ids: np.ndarray, flip: bool, gamma: float

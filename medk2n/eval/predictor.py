@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile
+from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile, training_roles
 from medk2n.runtime.synthesizer import Synthesizer
 
 
@@ -38,6 +38,7 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
         k=k, n=n, image_size=mc.image_size, modalities=list(mc.modalities),
         normalization={m: vars(spec) for m, spec in mc.normalization.items()}, precision="fp32",
         models=[], inputs=[], outputs=[], batch={"min": 1, "opt": 8, "max": 1024},
+        roles=training_roles(cfg.train),
     )
     bundle = Bundle(path=Path(path), manifest=manifest, norms=dict(mc.normalization))
     runner = TorchRunner(model, device=device)

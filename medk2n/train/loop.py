@@ -222,6 +222,8 @@ def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, Slic
         size=cfg.model.image_size,
         max_sources=cfg.train.max_sources,
         max_targets=cfg.train.max_targets,
+        sources=cfg.train.sources,
+        targets=cfg.train.targets,
     )
     train_set = SliceDataset(train_cases, augment=cfg.train.augment, seed=cfg.train.seed, **common)
     val_set = SliceDataset(val_cases, augment=False, seed=cfg.train.seed + 1, **common)

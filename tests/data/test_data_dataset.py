@@ -66,6 +66,43 @@ def test_stage_sets_the_source_and_target_ranges(dataset_root, stage, ks, ns):
     assert all(k + n <= 4 for k, n in seen)  # never more than a case has
 
 
+def roles(item) -> tuple[set[str], set[str]]:
+    return ({VOCAB[i] for i in item["src"][item["avail"] == 1]}, {VOCAB[i] for i in item["tgt"][item["tgt_valid"] == 1]})
+
+
+@pytest.mark.parametrize("stage", ["1to1", "kto1", "1ton", "kton"])
+def test_role_pools_limit_what_is_drawn_as_source_and_target(dataset_root, stage):
+    ds = make(dataset_root, stage=stage, sources=["flair", "T2"], targets=["t1", "adc", "dwi"])
+    seen_sources, seen_targets = set(), set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            src, tgt = roles(ds[i])
+            assert src and tgt and src <= {"flair", "t2"} and tgt <= {"t1", "adc", "dwi"}
+            seen_sources |= src
+            seen_targets |= tgt
+    assert seen_sources == {"flair", "t2"} and seen_targets == {"t1", "adc", "dwi"}
+
+
+def test_overlapping_pools_never_leave_a_sample_without_a_target(dataset_root):
+    # case_b has t1, flair, dwi: with t1 in both pools, t1 alone cannot be both roles
+    ds = make(dataset_root, stage="kton", sources=["t1", "flair"], targets=["t1"])
+    assert ds.case_names == ["case_a", "case_b"]
+    for epoch in range(5):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            src, tgt = roles(ds[i])
+            assert tgt == {"t1"} and src == {"flair"}
+
+
+def test_cases_without_a_pair_in_the_pools_are_skipped_and_unknown_names_refused(dataset_root):
+    ds = make(dataset_root, sources=["dwi"], targets=["t1"])
+    assert ds.case_names == ["case_b"]
+    assert ("case_a", "has no source and target of the training roles among ['t1', 't2', 'flair', 'adc']") in ds.skipped
+    with pytest.raises(DataError, match="'swi'"):
+        make(dataset_root, sources=["swi"])
+
+
 def test_set_stage_switches_and_validates(dataset_root):
     ds = make(dataset_root, stage="1to1")
     ds.set_stage("kton")

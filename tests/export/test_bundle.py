@@ -76,3 +76,19 @@ def test_write_manifest_embeds_json_and_hashes(tmp_path):
     bundle.embed_manifest(tmp_path / "model.onnx", _manifest())  # re-embedding replaces, never duplicates
     keys = [p.key for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props]
     assert keys.count(bundle.METADATA_KEY) == 1
+
+
+def test_manifest_carries_the_trained_roles_and_reads_older_manifests(tmp_path):
+    from medk2n.config import TrainConfig
+    from medk2n.manifest import training_roles
+
+    assert training_roles(TrainConfig()) == {}
+    assert training_roles(TrainConfig(sources=["flair", "adc"])) == {"sources": ["flair", "adc"]}
+    _tiny_onnx(tmp_path / "model.onnx")
+    manifest = _manifest()
+    manifest.roles = training_roles(TrainConfig(sources=["t1"], targets=["t2"]))
+    bundle.write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path).roles == {"sources": ["t1"], "targets": ["t2"]}
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    del data["roles"]  # written before roles existed
+    assert Manifest.from_dict(data).roles == {}

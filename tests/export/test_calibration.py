@@ -45,6 +45,20 @@ def test_samples_are_valid_tasks_with_ground_truth(pools):
     assert calibration.source_coverage(samples, CFG.modalities) == present
 
 
+def test_samples_keep_to_the_trained_roles(pools):
+    calib, _ = pools
+    roles = {"sources": ["flair", "adc"], "targets": ["dwi", "t2", "pd"]}
+    samples = calibration.draw_samples(calib, SPEC, seed=0, roles=roles, modalities=list(CFG.modalities))
+    feeds, ids = samples.feeds, {m: CFG.modalities.index(m) for m in CFG.modalities}
+    assert len(samples) == len(calib)
+    for i in range(len(samples)):
+        live = feeds["src"][i][feeds["avail"][i] > 0]
+        assert set(live) <= {ids["flair"], ids["adc"]} and set(feeds["tgt"][i]) <= {ids["dwi"], ids["t2"], ids["pd"]}
+    assert calibration.source_coverage(samples, CFG.modalities) == ["flair", "adc"]
+    with pytest.raises(ExportError, match="no calibration slice has a source and a target"):
+        calibration.draw_samples(calib, SPEC, seed=0, roles={"sources": ["t1c"]}, modalities=list(CFG.modalities))
+
+
 def test_iter_batches_fill_fixed_batches_by_wrapping():
     feeds = {"a": np.arange(5)}
     batches = list(calibration.iter_batches(feeds, 2))

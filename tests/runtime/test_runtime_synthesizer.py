@@ -206,3 +206,15 @@ def test_targets_with_a_standard_scale_are_standardised_inside_the_head(tmp_path
     np.testing.assert_allclose(np.percentile(out["dwi"][0][head], STANDARD_PERCENTILES), skewed, atol=0.03)
     np.testing.assert_array_equal(out["adc"][0], raw["adc"][0])  # physical units are never remapped
     np.testing.assert_array_equal(out["dwi"][1], raw["dwi"][1])  # nor is the confidence map
+
+
+def test_a_model_trained_for_fixed_roles_refuses_others(tmp_path: Path) -> None:
+    """train.sources / train.targets travel in the manifest; a request outside them is refused."""
+    folder = make_bundle(tmp_path / "roles")
+    edit_manifest(folder, roles={"sources": ["t2", "flair"], "targets": ["dwi"]})
+    with Synthesizer(load_bundle(folder), backend="cpu") as synth:
+        assert synth.request(["flair"], ["dwi"], name="c").sources == ["flair"]
+        with pytest.raises(BundleError, match="c: 't1' cannot be one of the sources: .*trained with sources t2, flair"):
+            synth.request(["t1"], ["dwi"], name="c")
+        with pytest.raises(BundleError, match="'adc' cannot be one of the targets"):
+            synth.request(["t2"], ["dwi", "adc"], name="c")

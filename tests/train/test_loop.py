@@ -134,3 +134,20 @@ def test_standardising_a_physical_map_is_a_config_error():
     data["train"]["standardize_outputs"] = ["adc"]
     with pytest.raises(ConfigError, match="standardize_outputs: 'adc'"):
         ExperimentConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("sources, targets, message", [
+    (["flair", "swi"], [], "train.sources: 'swi' is not in the vocabulary"),
+    ([], ["T3"], "train.targets: 't3' is not in the vocabulary"),
+    (["pd"], ["PD"], "leave no source-target pair"),
+])
+def test_training_roles_are_checked_against_the_vocabulary(sources, targets, message):
+    from medk2n.config import ExperimentConfig
+    from medk2n.errors import ConfigError
+
+    data = preset("tiny").to_dict()
+    data["train"].update(sources=sources, targets=targets)
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(data)
+    data["train"].update(sources=["FLAIR", "adc"], targets=["dwi"])
+    assert ExperimentConfig.from_dict(data).train.sources == ["flair", "adc"]
