@@ -132,7 +132,8 @@ def draw_samples(pool: SlicePool, spec: GraphSpec, seed: int, roles: dict[str, l
     """
     vocab = pool.images.shape[1]
     source_ok, target_ok = (_role_mask(roles, role, modalities, vocab) for role in ("sources", "targets"))
-    rows = [i for i in range(len(pool)) if _bases(pool.present[i], source_ok, target_ok).size]
+    bases = [_bases(present, source_ok, target_ok) for present in pool.present]
+    rows = [i for i, b in enumerate(bases) if b.size]
     if not rows:
         raise ExportError(f"no calibration slice has a source and a target of the trained roles {roles}")
     rng = np.random.default_rng(seed)
@@ -144,8 +145,7 @@ def draw_samples(pool: SlicePool, spec: GraphSpec, seed: int, roles: dict[str, l
     avail = np.zeros((count, k), np.float32)
     for i, row in enumerate(rows):
         have = np.flatnonzero(pool.present[row])
-        bases = _bases(pool.present[row], source_ok, target_ok)
-        base = bases[i % bases.size]
+        base = bases[row][i % bases[row].size]
         others = rng.permutation(have[(have != base) & source_ok[have]])
         n_src = min(k, others.size + 1)
         if k > 1 and rng.random() < 0.25:

@@ -111,9 +111,13 @@ class SliceDataset:
             raise DataError(f"modalities {unknown} are not in the vocabulary {self.modalities}")
         return np.array([m in names for m in self.modalities])
 
-    def _pairable(self, ids: np.ndarray) -> bool:
-        """Whether a case with these modality ids has a source and a different target to draw."""
-        return any(self._target_ok[t] and any(self._source_ok[s] for s in ids if s != t) for t in ids)
+    def _open_targets(self, ids: np.ndarray) -> list[int]:
+        """Positions in `ids` that can be a target with some other position as a source.
+
+        Empty: the case has no pair in the role pools. Drawing reserves one of these first.
+        """
+        return [t for t in range(len(ids))
+                if self._target_ok[ids[t]] and any(self._source_ok[ids[s]] for s in range(len(ids)) if s != t)]
 
     def _prepare(
         self,
@@ -130,7 +134,7 @@ class SliceDataset:
         if len(present) < 2:
             self.skipped.append((case.name, f"needs >= 2 of {self.modalities}, has {present}"))
             return None
-        if not self._pairable(np.array([self.modalities.index(m) for m in present])):
+        if not self._open_targets(np.array([self.modalities.index(m) for m in present])):
             self.skipped.append((case.name, f"has no source and target of the training roles among {present}"))
             return None
         prepared = prepare_case(load_case(case, present), {m: norms[m] for m in present}, size, reference)
@@ -236,8 +240,7 @@ class SliceDataset:
         """
         many_sources, many_targets = STAGES[stage]
         positions = np.arange(len(ids))
-        first = rng.choice([t for t in positions if self._target_ok[ids[t]]
-                            and any(self._source_ok[ids[s]] for s in positions if s != t)])
+        first = rng.choice(self._open_targets(ids))
         sources = rng.permutation([s for s in positions if s != first and self._source_ok[ids[s]]])
         k = int(rng.integers(1, min(self.max_sources if many_sources else 1, len(sources)) + 1))
         rest = rng.permutation([t for t in positions if t != first and t not in sources[:k] and self._target_ok[ids[t]]])
