@@ -138,8 +138,8 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q, plus lesion*L1_lesion
-    and histogram*W1.
+    """Weights of eq. 14: l1*L1 + ssim*(1-SSIM) + cmim*L_con + metric*L_tri + quality*L_q, plus lesion*L1_lesion,
+    histogram*W1 and gradient*L1_grad.
 
     L1_lesion is the L1 inside the dataset's shipped lesion masks (0 where a
     case ships none): an addition to the paper's objective, because a lesion
@@ -148,6 +148,9 @@ class LossConfig:
     inside the mask (losses.image.histogram_l1): an addition too, because L1
     alone dims uncertain bright tissue and per-volume percentile scaling turns
     that compressed tail into an error over the whole brain.
+    L1_grad is the L1 between the row/column differences of synthesis and truth
+    (losses.image.gradient_l1), off by default: it asks for sharp edges where L1
+    and SSIM settle for a blur.
     """
 
     l1: float = 1.0
@@ -157,6 +160,7 @@ class LossConfig:
     quality: float = 0.2
     lesion: float = 0.2
     histogram: float = 1.0
+    gradient: float = 0.0
     temperature: float = 0.07
     margin: float = 0.2
 

@@ -1,12 +1,14 @@
 """Training objective of Med-K2N (paper eq. 14) and of the baseline.
 
     L = l1 * L1 + ssim * (1 - SSIM) + cmim * L_con + metric * L_tri + quality * L_q
-        + lesion * L1_lesion + histogram * W1
+        + lesion * L1_lesion + histogram * W1 + gradient * L1_grad
 
 L1_lesion (our addition, see LossConfig) is L1 weighted by the shipped lesion
 mask's cover of each pixel; it is 0 for batches without lesion masks. W1 (our
 addition) is the distance between the intensity histograms of synthesis and
 truth inside the mask, for the image and each candidate head (mean over heads).
+L1_grad (our addition, off unless configured) is the L1 between their row and
+column differences, for the image and the mean over candidate heads.
 
 L1 covers the selected image and, averaged, every candidate head: in eval
 TaskHeadNet outputs one head alone, so each must be a full synthesis rather
@@ -23,7 +25,7 @@ from torch import nn
 
 from medk2n.config import LossConfig
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
-from medk2n.losses.image import histogram_l1, masked_l1, ssim
+from medk2n.losses.image import gradient_l1, histogram_l1, masked_l1, ssim
 from medk2n.losses.quality import quality_loss
 from medk2n.models.output import K2NOutput
 
@@ -44,7 +46,7 @@ def total_loss(
     (None = every pixel); tgt_valid [B,N] (0 = padded target, excluded from
     every term; None = all valid); lesion [B,H,W] lesion cover per pixel
     (None = no lesion masks). Returns the loss and the value of each term,
-    {"l1", "ssim" (= 1 - SSIM), "lesion", "histogram", "cmim", "metric", "quality"}, as floats.
+    {"l1", "ssim" (= 1 - SSIM), "lesion", "histogram", "gradient", "cmim", "metric", "quality"}, as floats.
     """
     valid = torch.ones_like(target[:, :, 0, 0]) if tgt_valid is None else tgt_valid.to(target.dtype)
     weight = valid[:, :, None, None].expand_as(target)
@@ -55,6 +57,7 @@ def total_loss(
         "ssim": 1.0 - ssim(out.images, target, weight),
         "lesion": _lesion_l1(out, target, valid, lesion),
         "histogram": _image_and_candidates_histogram(out, target, weight),
+        "gradient": _image_and_candidates_gradient(out, target, weight),
         "quality": quality_loss(out, target, valid),
     }
     if out.image_embed is not None:
@@ -93,5 +96,13 @@ def _image_and_candidates_histogram(out: K2NOutput, target: torch.Tensor, weight
     """
     heads = out.candidates
     return histogram_l1(out.images, target, weight) + histogram_l1(
+        heads, target.unsqueeze(2).expand_as(heads), weight.unsqueeze(2).expand_as(heads)
+    )
+
+
+def _image_and_candidates_gradient(out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Gradient L1 of the selected image plus the mean over candidate heads (eval outputs one head alone)."""
+    heads = out.candidates
+    return gradient_l1(out.images, target, weight) + gradient_l1(
         heads, target.unsqueeze(2).expand_as(heads), weight.unsqueeze(2).expand_as(heads)
     )

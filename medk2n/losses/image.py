@@ -46,6 +46,27 @@ def histogram_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return (p - t).abs().sum() / member.sum().clamp_min(1)
 
 
+def gradient_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """L1 between the finite differences of synthesis and truth along rows and columns.
+
+    Why: L1 and SSIM on one pixel at a time let a network that is unsure where an
+    edge lies spread it over neighbouring pixels, and a blurred synthesis loses to
+    a sharp but wrong-contrast copy of a source (post hoc sharpening of the demo
+    model's syntheses raised PD, T1 and T2 PSNR on the development sets). Matching
+    the image gradients (the gradient difference loss of Mathieu et al., 2016, used
+    for MR-to-CT synthesis by Nie et al., 2018) asks for the edges themselves.
+    Images [..., H, W]; a difference counts with the smaller weight of its two pixels.
+    """
+    total, count = pred.new_zeros(()), pred.new_zeros(())
+    for dim in (-1, -2):
+        n = pred.shape[dim] - 1
+        pair = torch.minimum(weight.narrow(dim, 0, n), weight.narrow(dim, 1, n))
+        diff = (pred.diff(dim=dim) - target.diff(dim=dim)).abs()
+        total = total + (diff * pair).sum()
+        count = count + pair.sum()
+    return total / count.clamp_min(1e-8)
+
+
 @functools.lru_cache(maxsize=4)
 def _gaussian_taps(size: int, sigma: float) -> torch.Tensor:
     """The 1-D Gaussian whose outer product is SSIM's 2-D window."""

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from medk2n.config import DEFAULT_MODALITIES
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
-from medk2n.losses.image import histogram_l1, masked_l1, ssim
+from medk2n.losses.image import gradient_l1, histogram_l1, masked_l1, ssim
 from medk2n.losses.quality import quality_loss
 from medk2n.models.output import K2NOutput
 
@@ -48,6 +48,26 @@ def test_histogram_l1_gradient_lifts_a_dimmed_tail():
     pred = (0.8 * target).requires_grad_()
     histogram_l1(pred, target, torch.ones_like(target)).backward()
     assert (pred.grad < 0).all()  # raising every pixel toward its quantile lowers the loss
+
+
+def test_gradient_l1_sees_edges_not_offsets():
+    target = torch.zeros(1, 1, 6, 6)
+    target[..., 3:] = 1.0  # one vertical edge between columns 2 and 3
+    ones = torch.ones_like(target)
+    # A constant offset has the same edges: free, where plain L1 pays for it.
+    assert gradient_l1(target + 0.3, target, ones).item() == pytest.approx(0.0, abs=1e-6)
+    # The edge spread over two steps: rows of 5 column differences [0, 0, 0.5, 0.5, 0] vs [0, 0, 1, 0, 0].
+    blurred = target.clone()
+    blurred[..., 3] = 0.5
+    expected = 6 * (0.5 + 0.5) / (2 * 6 * 5)  # 6 rows of |diff| sum 1, over 60 differences (30 per axis)
+    assert gradient_l1(blurred, target, ones).item() == pytest.approx(expected, rel=1e-6)
+    # A difference counts only where both of its pixels are weighted.
+    left = torch.zeros_like(target)
+    left[..., :3] = 1.0
+    assert gradient_l1(blurred, target, left).item() == pytest.approx(0.0, abs=1e-6)
+    pred = blurred.clone().requires_grad_()
+    gradient_l1(pred, target, ones).backward()
+    assert pred.grad[..., 3].mean() < 0  # descent raises the blurred column back to the edge's top
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():

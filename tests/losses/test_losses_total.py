@@ -31,11 +31,15 @@ def test_parts_and_weights():
     x, src, tgt, target = _batch()
     out = model.forward_detailed(x, src, tgt)
     loss, parts = total_loss(out, target, tgt, model, LossConfig())
-    assert set(parts) == {"l1", "ssim", "lesion", "histogram", "cmim", "metric", "quality"}
+    assert set(parts) == {"l1", "ssim", "lesion", "histogram", "gradient", "cmim", "metric", "quality"}
     assert all(isinstance(v, float) for v in parts.values()) and parts["cmim"] > 0
     cfg = LossConfig(l1=2.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0, histogram=0.0)
     only_l1, _ = total_loss(out, target, tgt, model, cfg)
     assert only_l1.item() == pytest.approx(2.0 * parts["l1"], rel=1e-5)
+    assert parts["gradient"] > 0 and LossConfig().gradient == 0.0  # reported, off unless configured
+    cfg = LossConfig(l1=0.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0, histogram=0.0, lesion=0.0, gradient=3.0)
+    only_gradient, _ = total_loss(out, target, tgt, model, cfg)
+    assert only_gradient.item() == pytest.approx(3.0 * parts["gradient"], rel=1e-5)
     loss.backward()
     assert model.embedder.head.weight.grad.abs().sum() > 0
 
