@@ -32,7 +32,7 @@ $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check ->
-# train (configs/demo.yaml: the tiny preset with T1/T2/PD histogram-standardised, ~11 min
+# train (configs/demo.yaml: the tiny preset with T1/T2/PD histogram-standardised and the gradient loss term, ~12 min
 # on 2 CPU cores) -> export FP32 + INT8 bundles ->
 # run the torch-free runtime on held-out cases -> evaluate against references.
 # Each stage leaves a stamp, so re-running `make demo` resumes where it stopped.
