@@ -94,15 +94,17 @@ def _image_and_candidates_histogram(out: K2NOutput, target: torch.Tensor, weight
     the mixture's. histogram_l1 divides by the member pixels of every head, so
     the candidate part is a mean over heads.
     """
-    heads = out.candidates
-    return histogram_l1(out.images, target, weight) + histogram_l1(
-        heads, target.unsqueeze(2).expand_as(heads), weight.unsqueeze(2).expand_as(heads)
-    )
+    return _image_and_heads(histogram_l1, out, target, weight)
 
 
 def _image_and_candidates_gradient(out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Gradient L1 of the selected image plus the mean over candidate heads (eval outputs one head alone)."""
+    return _image_and_heads(gradient_l1, out, target, weight)
+
+
+def _image_and_heads(term, out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """term(image) + term(all candidate heads at once), for terms that normalise by their counted pixels."""
     heads = out.candidates
-    return gradient_l1(out.images, target, weight) + gradient_l1(
+    return term(out.images, target, weight) + term(
         heads, target.unsqueeze(2).expand_as(heads), weight.unsqueeze(2).expand_as(heads)
     )

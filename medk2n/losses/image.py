@@ -52,7 +52,7 @@ def gradient_l1(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     Why: L1 and SSIM on one pixel at a time let a network that is unsure where an
     edge lies spread it over neighbouring pixels, and a blurred synthesis loses to
     a sharp but wrong-contrast copy of a source (post hoc sharpening of the demo
-    model's syntheses raised PD, T1 and T2 PSNR on the development sets). Matching
+    model's syntheses raised PD and T1 PSNR on the development sets). Matching
     the image gradients (the gradient difference loss of Mathieu et al., 2016, used
     for MR-to-CT synthesis by Nie et al., 2018) asks for the edges themselves.
     Images [..., H, W]; a difference counts with the smaller weight of its two pixels.
