@@ -20,6 +20,8 @@ CMIM terms (L_con, L_tri) exist only for models built with CMIM switched on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -57,7 +59,7 @@ def total_loss(
         "ssim": 1.0 - ssim(out.images, target, weight),
         "lesion": _lesion_l1(out, target, valid, lesion),
         "histogram": _image_and_candidates_histogram(out, target, weight),
-        "gradient": _image_and_candidates_gradient(out, target, weight),
+        "gradient": _image_and_heads(gradient_l1, out, target, weight),
         "quality": quality_loss(out, target, valid),
     }
     if out.image_embed is not None:
@@ -97,13 +99,10 @@ def _image_and_candidates_histogram(out: K2NOutput, target: torch.Tensor, weight
     return _image_and_heads(histogram_l1, out, target, weight)
 
 
-def _image_and_candidates_gradient(out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Gradient L1 of the selected image plus the mean over candidate heads (eval outputs one head alone)."""
-    return _image_and_heads(gradient_l1, out, target, weight)
-
-
-def _image_and_heads(term, out: K2NOutput, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """term(image) + term(all candidate heads at once), for terms that normalise by their counted pixels."""
+def _image_and_heads(term: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], out: K2NOutput,
+                     target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """term(image) + term(all candidate heads at once): for a term that normalises by its counted
+    pixels (histogram, gradient) the second part is a mean over heads, each of which eval may output alone."""
     heads = out.candidates
     return term(out.images, target, weight) + term(
         heads, target.unsqueeze(2).expand_as(heads), weight.unsqueeze(2).expand_as(heads)
