@@ -97,6 +97,23 @@ def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: s
 
 
 @cli.command()
+@click.argument("metrics", type=click.Path(path_type=Path, dir_okay=False), default=Path("demo/eval/metrics.json"))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def demo(metrics: Path, out: Path, debug: bool) -> None:
+    """Commit the demo's evaluation (METRICS, default demo/eval/metrics.json) as <out>/demo.*."""
+
+    def body() -> int:
+        from medk2n.benchmarks.demo_results import commit_demo
+
+        for path in commit_demo(metrics, out):
+            click.echo(f"wrote {path}")
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
 @click.option("--results", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--readme", type=click.Path(path_type=Path, dir_okay=False), default=Path("README.md"),
               show_default=True)

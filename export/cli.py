@@ -23,6 +23,12 @@ from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="Dataset folder for calibration and checks (default: phantom subjects).")
 @click.option("--calib-slices", type=int, default=64, show_default=True, help="INT8 calibration slices.")
+@click.option("--heldout", type=click.Path(path_type=Path), default=None,
+              help="Dataset of subjects the model never trained on, for the uncertainty's conformal calibration "
+                   "(default: the cases of --calib the checkpoint did not train on).")
+@click.option("--calib-task", "calib_tasks", multiple=True, metavar="SOURCES:TARGETS",
+              help="A request the site will make, e.g. flair,adc:dwi,t2 (repeatable): its uncertainty gets "
+                   "its own conformal calibration; others use the calibration over random requests.")
 @click.option("--batch", default="1", show_default=True, help="Fixed batch N, or MIN:OPT:MAX for a dynamic batch.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--force", is_flag=True, help="Write the bundle even when parity/accuracy is outside tolerance.")
@@ -30,7 +36,7 @@ from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to create.")
 @debug_option
 def cli(checkpoint_dir: Path, k: int, n: int, engine: str, precision: str, size: int | None, calib: Path | None,
-         calib_slices: int, batch: str, opset: int, force: bool, overwrite: bool, out: Path, debug: bool) -> None:
+         calib_slices: int, heldout: Path | None, calib_tasks: tuple[str, ...], batch: str, opset: int, force: bool, overwrite: bool, out: Path, debug: bool) -> None:
     """Export CHECKPOINT_DIR to a bundle: ONNX (FP32/FP16/INT8) [+ TensorRT plan] + manifest.json."""
 
     def body() -> int:
@@ -38,7 +44,7 @@ def cli(checkpoint_dir: Path, k: int, n: int, engine: str, precision: str, size:
 
         options = ExportOptions(
             checkpoint=checkpoint_dir, out=out, k=k, n=n, engine=engine, precision=precision, size=size,
-            calib=calib, calib_slices=calib_slices, batch=batch, opset=opset, force=force, overwrite=overwrite,
+            calib=calib, calib_slices=calib_slices, heldout=heldout, calib_tasks=calib_tasks, batch=batch, opset=opset, force=force, overwrite=overwrite,
         )
         result = export_bundle(options, progress=lambda msg: click.echo(msg, err=True))
         manifest = result.manifest

@@ -26,7 +26,7 @@ import torch
 
 import medk2n
 from medk2n.errors import ExportError, MedK2NError
-from medk2n.export import bundle, calibration, precision, quantize, tensorrt_build, verify
+from medk2n.export import bundle, calibration, conformal, precision, quantize, tensorrt_build, verify
 from medk2n.export.calibration import SampleSet
 from medk2n.export.onnx_export import check_onnx, export_onnx
 from medk2n.export.source import Source, load_source
@@ -48,6 +48,8 @@ class ExportOptions:
     precision: str = "fp32"
     size: int | None = None  # None: the checkpoint's image_size
     calib: Path | None = None  # None: phantom subjects generated on the fly
+    heldout: Path | None = None  # subjects for the conformal calibration (None: --calib's untrained ones)
+    calib_tasks: tuple[str, ...] = ()  # "SOURCES:TARGETS" requests that get their own conformal table
     calib_slices: int = 64
     batch: str = "1"
     opset: int = DEFAULT_OPSET
@@ -70,6 +72,8 @@ class _Context:
     models: list[ModelFile] = field(default_factory=list)
     parity: dict = field(default_factory=dict)
     accuracy: dict = field(default_factory=dict)
+    uncertainty: dict = field(default_factory=dict)
+    requests: list = field(default_factory=list)  # parsed --calib-task requests
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -98,7 +102,7 @@ def _export_fp32(ctx: _Context, path: Path) -> None:
 def _export_fp16(ctx: _Context, path: Path) -> None:
     precision.convert_fp16(ctx.stage / FORMATS["fp32"].file, path)
     ctx.outputs["fp16"] = _check_and_run(path, ctx)
-    ctx.parity["fp16"] = verify.fp16_parity(ctx.outputs["fp32"], ctx.outputs["fp16"])
+    ctx.parity["fp16"] = verify.fp16_parity(ctx.outputs["fp32"], ctx.outputs["fp16"], ctx.held_out)
     ctx.accuracy["psnr_db"]["fp16"] = verify.figure(verify.masked_psnr(ctx.outputs["fp16"], ctx.held_out))
     verify.gate(ctx.parity["fp16"], "FP16 ONNX vs FP32 ONNX", ctx.options.force)
 
@@ -112,7 +116,8 @@ def _export_int8(ctx: _Context, path: Path) -> None:
     ctx.parity["int8"] = {"reference": "onnx-fp32", **verify.compare(ctx.outputs["fp32"], ctx.outputs["int8"])}
     fp32_db = verify.masked_psnr(ctx.outputs["fp32"], ctx.held_out)
     int8_db = verify.masked_psnr(ctx.outputs["int8"], ctx.held_out)
-    result = verify.int8_drop(fp32_db, int8_db)
+    scale = verify.scale_agreement(ctx.outputs["fp32"], ctx.outputs["int8"], ctx.held_out)
+    result = verify.int8_drop(fp32_db, int8_db, scale)
     result["quantized_ops"] = quantize.qdq_op_counts(path)
     result["calibration"] = {
         "slices": len(ctx.calib),
@@ -167,6 +172,8 @@ def _validate(options: ExportOptions) -> None:
         raise ExportError(f"--precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
     if options.calib_slices < 1:
         raise ExportError(f"--calib-slices {options.calib_slices}: must be at least 1")
+    if options.calib_tasks and options.heldout is None and options.calib is None:
+        raise ExportError("--calib-task needs held-out subjects: give --heldout or --calib")
 
 
 def export_bundle(options: ExportOptions, progress: Callable[[str], None] = lambda _: None) -> ExportResult:
@@ -178,10 +185,13 @@ def export_bundle(options: ExportOptions, progress: Callable[[str], None] = lamb
     progress(f"loading checkpoint {options.checkpoint}")
     source = load_source(options.checkpoint, options.k, options.n)
     spec = GraphSpec(options.k, options.n, options.size or source.config.model.image_size, batch, options.opset)
+    requests = [conformal.parse_task(text, list(source.config.model.modalities), options.k, options.n,
+                                     training_roles(source.config.train)) for text in options.calib_tasks]
     with tempfile.TemporaryDirectory(prefix="medk2n-export-") as scratch, bundle.staging(
         options.out, options.overwrite
     ) as stage:
         ctx = _prepare_context(options, source, spec, stage, Path(scratch), progress)
+        ctx.requests = requests
         steps = ["fp32"] if options.precision == "fp32" else ["fp32", options.precision]
         for name in steps:
             progress(f"exporting onnx-{name}")
@@ -189,6 +199,8 @@ def export_bundle(options: ExportOptions, progress: Callable[[str], None] = lamb
             with _step(ctx.timings, f"onnx-{name}"):
                 fmt.build(ctx, stage / fmt.file)
             ctx.models.insert(0, ModelFile(file=fmt.file, format="onnx", precision=name))
+        with _step(ctx.timings, "conformal"):
+            ctx.uncertainty = _calibrate_uncertainty(ctx, progress)
         if trt is not None:
             progress("building TensorRT plan")
             with _step(ctx.timings, "trt-plan"):
@@ -227,6 +239,20 @@ def _prepare_context(
         psnr_db={},
     )
     return ctx
+
+
+def _calibrate_uncertainty(ctx: _Context, progress: Callable[[str], None]) -> dict:
+    """Conformal calibration on held-out subjects through the staged ONNX models (export.conformal)."""
+    options = ctx.options
+    cases, origin = conformal.heldout_cases(options.heldout, options.calib, ctx.source.record.get("training", {}))
+    if not cases:
+        progress(f"no held-out subjects ({origin}): the bundle will write no uncertainty maps")
+        return {}
+    from medk2n.runtime.bundle import Bundle  # noqa: PLC0415 - the runtime is only needed for this step
+
+    staged = Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization))
+    return conformal.calibrate(staged, cases, origin, training_roles(ctx.source.config.train), ctx.requests,
+                               progress)
 
 
 def _build_trt(trt: ModuleType, ctx: _Context) -> ModelFile:
@@ -277,4 +303,5 @@ def _manifest(ctx: _Context) -> Manifest:
         versions=_versions(ctx),
         source=ctx.source.record,
         roles=training_roles(ctx.source.config.train),
+        uncertainty=ctx.uncertainty,
     )

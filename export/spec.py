@@ -12,7 +12,7 @@ from medk2n.errors import ExportError
 from medk2n.manifest import TensorSpec
 
 INPUT_NAMES = ("x", "src", "tgt", "avail")
-OUTPUT_NAMES = ("images", "confidence")
+OUTPUT_NAMES = ("images", "scale")
 BATCH_AXIS = "batch"
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINES = ("onnx", "trt")
@@ -84,7 +84,7 @@ class GraphSpec:
             "tgt": [batch, n],
             "avail": [batch, k],
             "images": [batch, n, s, s],
-            "confidence": [batch, n, s, s],
+            "scale": [batch, n, s, s],
         }
 
     def inputs(self) -> list[TensorSpec]:

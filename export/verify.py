@@ -18,7 +18,7 @@ from medk2n.errors import ExportError
 from medk2n.export.calibration import SampleSet, iter_batches
 from medk2n.export.spec import OUTPUT_NAMES
 
-# ONNX FP32 vs PyTorch, images and confidence in [0, 1]: at most FP32_MAX_OUTLIERS of the
+# ONNX FP32 vs PyTorch, images in [0, 1] and the scale (an expected error, mostly < 0.5): at most FP32_MAX_OUTLIERS of the
 # voxels may differ by more than FP32_MAX_ABS. Not a plain max: the heads pick, per voxel, the
 # candidate with the lowest predicted error (argmin, eq. 12), and where two candidates tie to
 # float precision the backends may pick different ones, a legitimate isolated difference.
@@ -27,6 +27,12 @@ FP32_MAX_OUTLIERS = 1e-3
 FP16_MIN_PSNR_DB = 40.0  # ONNX FP16 images vs ONNX FP32 images
 INT8_MAX_DROP_DB = 1.0  # brain-masked PSNR vs ground truth, FP32 minus INT8, held-out slices
 PSNR_CAP_DB = 200.0  # identical outputs: report a finite ceiling, JSON has no infinity
+# FP16 / INT8 scale vs FP32 scale, inside the brain: the uncertainty map must keep its voxel
+# ranking (its whole job); its level is recalibrated per precision by the conformal step. A map
+# that is equal to FP32's within SCALE_TIE_RELATIVE (99th percentile of the relative difference)
+# passes too: its rank differences are among near-ties (an untrained, nearly flat scale).
+SCALE_MIN_SPEARMAN = 0.9
+SCALE_TIE_RELATIVE = 0.01
 
 Outputs = dict[str, np.ndarray]
 
@@ -99,10 +105,30 @@ def fp32_parity(reference: Outputs, candidate: Outputs) -> dict:
     return {"reference": "pytorch", **errors, "tolerance": tolerance, "passed": passed}
 
 
-def fp16_parity(fp32: Outputs, fp16: Outputs) -> dict:
+SCALE_TOLERANCE = {"min_scale_spearman": SCALE_MIN_SPEARMAN, "or_max_scale_relative_p99": SCALE_TIE_RELATIVE}
+
+
+def fp16_parity(fp32: Outputs, fp16: Outputs, samples: SampleSet) -> dict:
     errors = compare(fp32, fp16)
-    passed = errors["images"]["psnr_db"] >= FP16_MIN_PSNR_DB
-    return {"reference": "onnx-fp32", **errors, "tolerance": {"min_psnr_db": FP16_MIN_PSNR_DB}, "passed": passed}
+    scale = scale_agreement(fp32, fp16, samples)
+    passed = errors["images"]["psnr_db"] >= FP16_MIN_PSNR_DB and scale["passed"]
+    return {"reference": "onnx-fp32", **errors, "scale_agreement": scale,
+            "tolerance": {"min_psnr_db": FP16_MIN_PSNR_DB, **SCALE_TOLERANCE}, "passed": passed}
+
+
+def scale_agreement(reference: Outputs, candidate: Outputs, samples: SampleSet) -> dict:
+    """Spearman between two precisions' scale maps over the brain pixels of the held-out slices, and
+    the 99th percentile of their relative difference there."""
+    from medk2n.eval.metrics import spearman  # noqa: PLC0415 - numpy-only helper of the eval package
+
+    brain = np.broadcast_to(samples.brain[:, None], reference["scale"].shape)
+    if not brain.any():
+        return {"spearman": 1.0, "relative_p99": 0.0, "passed": True}
+    ref, cand = reference["scale"][brain].astype(np.float64), candidate["scale"][brain].astype(np.float64)
+    rank = figure(spearman(ref, cand))
+    relative = figure(float(np.percentile(np.abs(cand - ref) / np.maximum(np.abs(ref), 1e-12), 99)))
+    return {"spearman": rank, "relative_p99": relative,
+            "passed": rank >= SCALE_MIN_SPEARMAN or relative <= SCALE_TIE_RELATIVE}
 
 
 def masked_psnr(outputs: Outputs, samples: SampleSet) -> float:
@@ -116,15 +142,18 @@ def masked_psnr(outputs: Outputs, samples: SampleSet) -> float:
     return float(np.mean(values))
 
 
-def int8_drop(fp32_db: float, int8_db: float) -> dict:
-    """Quality drop of INT8 vs FP32, both scored against the real target slices (masked_psnr)."""
+def int8_drop(fp32_db: float, int8_db: float, scale: dict | None = None) -> dict:
+    """Quality drop of INT8 vs FP32, both scored against the real target slices (masked_psnr), and the
+    INT8 scale's agreement with FP32's (`scale_agreement`)."""
     drop = fp32_db - int8_db
+    scale = scale or {"spearman": 1.0, "relative_p99": 0.0, "passed": True}
     return {
         "fp32_psnr_db": figure(fp32_db),
         "int8_psnr_db": figure(int8_db),
         "drop_db": figure(drop),
-        "tolerance": {"max_drop_db": INT8_MAX_DROP_DB},
-        "passed": drop <= INT8_MAX_DROP_DB,
+        "scale_agreement": scale,
+        "tolerance": {"max_drop_db": INT8_MAX_DROP_DB, **SCALE_TOLERANCE},
+        "passed": drop <= INT8_MAX_DROP_DB and scale["passed"],
     }
 
 

@@ -21,7 +21,7 @@ from medk2n.export.spec import GraphSpec
 
 
 class FixedKN(nn.Module):
-    """`(x, src, tgt, avail) -> (images, confidence)` with every input required."""
+    """`(x, src, tgt, avail) -> (images, scale)` with every input required."""
 
     def __init__(self, model: nn.Module, k: int, n: int) -> None:
         super().__init__()
@@ -36,8 +36,8 @@ class FixedKN(nn.Module):
             raise ExportError(
                 f"graph is fixed to K={self.k}, N={self.n}; got x {tuple(x.shape)}, tgt {tuple(tgt.shape)}"
             )
-        images, confidence = self.model(x, src, tgt, avail)
-        return images, confidence
+        images, scale = self.model(x, src, tgt, avail)
+        return images, scale
 
 
 def prepare_for_export(model: nn.Module, spec: GraphSpec) -> tuple[FixedKN, nn.Module]:

@@ -59,6 +59,10 @@ class Manifest:
     # The roles the model was trained for (config train.sources / train.targets): a request
     # outside them is refused. Absent or empty: any modality of the vocabulary.
     roles: dict[str, list[str]] = field(default_factory=dict)
+    # Split-conformal calibration of the `scale` output (export.conformal): what the runtime
+    # needs to turn a scale into a half-width at a stated coverage. Empty: none (older bundles,
+    # or exported without held-out subjects); the runtime then writes no uncertainty map.
+    uncertainty: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
 

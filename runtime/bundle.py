@@ -18,7 +18,10 @@ from medk2n.manifest import Manifest, ModelFile, TensorSpec, read_manifest, veri
 
 # The IO contract every bundle follows (DESIGN.md, "Export"): name -> (dtype, dims after batch).
 INPUT_NAMES = ("x", "src", "tgt", "avail")
-OUTPUT_NAMES = ("images", "confidence")
+OUTPUT_NAMES = ("images", "scale")
+# Bundles exported before the Laplace scale output carry an uninformative "confidence" map:
+# they still run (images only).
+LEGACY_OUTPUT_NAMES = ("images", "confidence")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class Bundle:
     def sha256(self, model: ModelFile) -> str:
         return self.manifest.files[model.file]
 
+    @property
+    def has_scale(self) -> bool:
+        """Whether the graph outputs the per-voxel Laplace scale (bundles from before it do not)."""
+        return any(spec.name == "scale" for spec in self.manifest.outputs)
+
 
 def load_bundle(path: str | Path) -> Bundle:
     """Read, hash-verify and contract-check a bundle folder."""
@@ -101,10 +109,16 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
         "tgt": ("int64", [m.n]),
         "avail": ("float32", [m.k]),
         "images": ("float32", [m.n, size, size]),
+        "scale": ("float32", [m.n, size, size]),
         "confidence": ("float32", [m.n, size, size]),
     }
     _check_tensors(m.inputs, INPUT_NAMES, expected, m.batch, where)
-    _check_tensors(m.outputs, OUTPUT_NAMES, expected, m.batch, where)
+    legacy = sorted(s.name for s in m.outputs) == sorted(LEGACY_OUTPUT_NAMES)
+    _check_tensors(m.outputs, LEGACY_OUTPUT_NAMES if legacy else OUTPUT_NAMES, expected, m.batch, where)
+    if m.uncertainty:
+        from medk2n.runtime.uncertainty import check_calibration  # noqa: PLC0415 - keeps bundle.py's imports minimal
+
+        check_calibration(m.uncertainty, m.modalities, where)
 
 
 def _check_tensors(specs: list[TensorSpec], names: tuple[str, ...], expected: dict[str, tuple[str, list[int]]],

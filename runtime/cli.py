@@ -18,6 +18,7 @@ from medk2n.cli_util import debug_option, run_cli
 from medk2n.runtime.backends import BACKENDS, PRECISIONS
 from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
 from medk2n.runtime.synthesizer import Synthesizer
+from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
 
 
 def _names(text: str) -> list[str]:
@@ -40,6 +41,8 @@ def _names(text: str) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
 @click.option("--reference", default=None,
               help="Resample every source onto this modality's grid (outputs are written on it).")
+@click.option("--coverage", type=float, default=DEFAULT_COVERAGE, show_default=True,
+              help="Coverage of the per-voxel intervals written as <target>_uncertainty.nii.gz (half-widths).")
 @click.option("--overwrite", is_flag=True, help="Replace existing OUT/<case> folders.")
 @click.option("--png", is_flag=True, help="Also write OUT/<case>/montage.png (middle axial slice).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -47,14 +50,22 @@ def _names(text: str) -> list[str]:
 @debug_option
 def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: str, out_dir: Path, backend: str,
             precision: str | None, batch_size: int | None, threads: int | None, reference: str | None,
-            overwrite: bool, png: bool, json_path: Path | None, debug: bool) -> None:
+            coverage: float, overwrite: bool, png: bool, json_path: Path | None, debug: bool) -> None:
     """Synthesise TARGETS from SOURCES for each CASE_DIR with the bundle at BUNDLE."""
 
     def body() -> int:
         start = time.perf_counter()
         with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
-                         batch_size=batch_size) as synth:
+                         batch_size=batch_size, coverage=coverage) as synth:
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
+            if synth.uncertainty_note:
+                click.echo(f"note: {synth.uncertainty_note}", err=True)
+            else:
+                click.echo(f"uncertainty: <target>_uncertainty.nii.gz = half-width of a {coverage:.0%} interval")
+                missing = synth.uncalibrated(_names(sources), _names(targets))
+                if missing:
+                    click.echo(f"note: no conformal calibration for {', '.join(missing)} in this bundle: "
+                               "no uncertainty map for it", err=True)
             reports = run_cases(synth, case_dirs, _names(sources), _names(targets), out_dir, reference=reference,
                                 overwrite=overwrite, png=png, show_progress=True, raise_errors=debug,
                                 on_case=_echo_case)

@@ -39,7 +39,9 @@ class SliceInferer:
         keep: np.ndarray | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """K arrays [S,H,W] (one per source slot) -> images, confidence [N,S,H,W].
+        """K arrays [S,H,W] (one per source slot) -> images, scale [N,S,H,W].
+
+        A legacy bundle's graph has no "scale" output: its scale comes back as zeros.
 
         `keep` (bool [S]) marks the slices worth running; `progress` is told
         how many slices each batch covered.
@@ -47,7 +49,7 @@ class SliceInferer:
         n_slices, height, width = sources[0].shape
         n_targets = len(tgt)
         images = np.zeros((n_targets, n_slices, height, width), dtype=np.float32)
-        confidence = np.zeros_like(images)
+        scale = np.zeros_like(images)
         todo = np.arange(n_slices) if keep is None else np.flatnonzero(keep)
         rows = {"src": np.asarray(src, np.int64), "tgt": np.asarray(tgt, np.int64),
                 "avail": np.asarray(avail, np.float32)}
@@ -58,12 +60,13 @@ class SliceInferer:
             x[:len(index)] = np.stack([s[index] for s in sources], axis=1)
             feed = {"x": x, **{name: np.repeat(row[None], size, axis=0) for name, row in rows.items()}}
             out = self.runner.infer(feed)
-            batch_images, batch_conf = out["images"][:len(index)], out["confidence"][:len(index)]
-            if not (np.isfinite(batch_images).all() and np.isfinite(batch_conf).all()):
+            batch_images = out["images"][:len(index)]
+            batch_scale = out["scale"][:len(index)] if "scale" in out else np.zeros_like(batch_images)
+            if not (np.isfinite(batch_images).all() and np.isfinite(batch_scale).all()):
                 raise MedK2NError(f"{self.runner.name}: the model produced NaN/Inf "
                                   "(FP16 overflow? try --precision fp32)")
             images[:, index] = batch_images.transpose(1, 0, 2, 3)
-            confidence[:, index] = batch_conf.transpose(1, 0, 2, 3)
+            scale[:, index] = batch_scale.transpose(1, 0, 2, 3)
             if progress is not None:
                 progress(len(index))
-        return images, confidence
+        return images, scale

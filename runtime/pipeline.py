@@ -90,15 +90,18 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
     report.slices, report.slices_inferred = len(keep), int(keep.sum())
     with report.stage("infer"), tqdm(total=report.slices_inferred, desc=report.name, unit="slice",
                                      disable=None if show_progress else True, leave=False) as bar:
-        images, confidence = synth.infer(prepared, request, progress=bar.update)
+        images, scale = synth.infer(prepared, request, progress=bar.update)
     with report.stage("postprocess"):
-        restored = synth.restore(images, confidence, prepared, request)
-        montage = case_montage(prepared, request, images, confidence, keep) if png else None
+        restored = synth.restore(images, scale, prepared, request)
+        halfwidths = {target: synth.halfwidth(target, spread, request.sources)
+                      for target, (_, spread) in restored.items()}
+        montage = case_montage(prepared, request, images, scale, keep) if png else None
     with report.stage("write"), case_output(out_dir, report.name, overwrite) as tmp:
         like = prepared.reference
-        for target, (image, conf) in restored.items():
+        for target, (image, _) in restored.items():
             write_volume(image, tmp / f"{target}.nii.gz", like)
-            write_volume(conf, tmp / f"{target}_confidence.nii.gz", like)
+            if halfwidths[target] is not None:
+                write_volume(halfwidths[target], tmp / f"{target}_uncertainty.nii.gz", like)
         if montage is not None:
             write_png(tmp / "montage.png", montage)
         report.outputs = sorted(p.name for p in tmp.iterdir())
@@ -106,9 +109,11 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
     return report
 
 
-def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, confidence: np.ndarray,
+def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, scale: np.ndarray,
                  keep: np.ndarray) -> np.ndarray:
-    """Middle brain slice: sources / syntheses / confidence rows, neurological view (anterior up)."""
+    """Middle brain slice: sources / syntheses / predicted error rows, neurological view (anterior up).
+
+    The error row is the Laplace scale, each tile stretched to its own maximum (bright = least trusted)."""
     brain = np.flatnonzero(keep)
     mid = int(brain[len(brain) // 2]) if len(brain) else len(keep) // 2
 
@@ -118,7 +123,7 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
     return tile_grid([
         [view(prepared.slices[m][mid]) for m in request.sources],
         [view(img[mid]) for img in images],
-        [view(conf[mid]) for conf in confidence],
+        [view(spread[mid] / max(float(spread[mid].max()), 1e-6)) for spread in scale],
     ])
 
 

@@ -5,7 +5,10 @@ on arrays (no files), `run_case` on a case folder. Both go through the same
 stages: check the request against the bundle, `prepare_case` (the one
 preprocessing shared with training), slice-wise inference, `restore_volume`
 back onto the input grid. A "range"-normalised target (ADC) comes back in
-physical units; confidence maps are restored without denormalisation.
+physical units, and so does its Laplace scale (the expected absolute error):
+the scale follows every linear step of the image's restoration. When the
+bundle carries a conformal calibration, `halfwidth` turns a scale into the
+half-width of an interval at the requested coverage (runtime.uncertainty).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from medk2n.data.cases import normalise_modality_name
 from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import VolumeInfo, check_volume_values
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
-from medk2n.data.standardize import standardize
+from medk2n.data.standardize import standardize, standardize_slope
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.backends import BackendChoice, backend_chain, open_runner
 from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.inferer import SliceInferer, brain_slices
 from medk2n.runtime.pipeline import CaseReport, load_stage, finish_stage
 from medk2n.runtime.runners import Runner
+from medk2n.runtime.uncertainty import DEFAULT_COVERAGE, check_coverage, interval_factor
 
 Volumes = Mapping[str, Union[np.ndarray, tuple[np.ndarray, VolumeInfo]]]
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -53,7 +57,9 @@ class Synthesizer:
     """K->N synthesis with one bundle on one backend; use as a context manager."""
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "auto", precision: str | None = None,
-                 threads: int | None = None, batch_size: int | None = None) -> None:
+                 threads: int | None = None, batch_size: int | None = None,
+                 coverage: float = DEFAULT_COVERAGE) -> None:
+        self.coverage = check_coverage(coverage)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.batch_size = _batch_size(self.bundle, batch_size)
         self.runner, self.choice = open_runner(backend_chain(backend, self.bundle, precision), self.bundle, threads)
@@ -64,6 +70,7 @@ class Synthesizer:
                     batch_size: int | None = None) -> "Synthesizer":
         """Drive any runner (e.g. a PyTorch model for `medk2n-eval CHECKPOINT`) through the same pipeline."""
         self = cls.__new__(cls)
+        self.coverage = DEFAULT_COVERAGE
         self.bundle = bundle
         self.batch_size = _batch_size(bundle, batch_size)
         self.runner, self.choice = runner, choice
@@ -79,6 +86,36 @@ class Synthesizer:
 
     def close(self) -> None:
         self.runner.deactivate()
+
+    @property
+    def uncertainty_note(self) -> str | None:
+        """Why this bundle writes no uncertainty map (None when it does)."""
+        if not self.bundle.has_scale:
+            return ("this bundle predates the calibrated uncertainty output (its 'confidence' map did not rank "
+                    "errors): writing syntheses only; re-export it to get <target>_uncertainty maps")
+        if not self.bundle.manifest.uncertainty:
+            return ("this bundle has no conformal calibration (exported without held-out subjects): writing "
+                    "syntheses only; re-export with --heldout or --calib to get <target>_uncertainty maps")
+        return None
+
+    def uncalibrated(self, sources: Sequence[str], targets: Sequence[str]) -> list[str]:
+        """Targets of a request that will get no uncertainty map from this (calibrated) bundle."""
+        doc = self.bundle.manifest.uncertainty
+        if not doc or not self.bundle.has_scale:
+            return []
+        sources = [normalise_modality_name(s) for s in sources]
+        return [t for t in (normalise_modality_name(t) for t in targets)
+                if interval_factor(doc, t, self.coverage, self.choice.model.precision, sources) is None]
+
+    def halfwidth(self, target: str, scale: np.ndarray, sources: Sequence[str] | None = None) -> np.ndarray | None:
+        """Half-width of the interval at `self.coverage` from a restored scale, calibrated for the request
+        `sources` -> `target` when the bundle has that task's table; None when not calibrated."""
+        if not self.bundle.has_scale:
+            return None
+        factor = interval_factor(self.bundle.manifest.uncertainty, normalise_modality_name(target),
+                                 self.coverage, self.choice.model.precision,
+                                 None if sources is None else [normalise_modality_name(s) for s in sources])
+        return None if factor is None else (np.float32(factor) * scale).astype(np.float32)
 
     def request(self, sources: Sequence[str], targets: Sequence[str], name: str = "input") -> Request:
         """Check sources/targets against the bundle and build the id rows; errors name `name`."""
@@ -132,39 +169,46 @@ class Synthesizer:
 
     def infer(self, prepared: PreparedCase, request: Request,
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Images and confidence [n_targets, S, H, W] in model space; images are zero outside the head."""
+        """Images and Laplace scale [n_targets, S, H, W] in model space; both are zero outside the synthesis
+        support (the head and any source signal)."""
         sources = [prepared.slices[m] for m in request.sources]
         slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
-        images, confidence = self.inferer(slots, request.src, request.tgt, request.avail,
-                                          keep=brain_slices(prepared.brain), progress=progress)
+        images, scale = self.inferer(slots, request.src, request.tgt, request.avail,
+                                     keep=brain_slices(prepared.brain), progress=progress)
         n = len(request.targets)
         # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
         # Outside the head mask the model was never trained (the loss is masked to it), so what
         # it paints there is haze, not a synthesis: the background is written as 0.
         support = synthesis_support(prepared.brain, sources)
-        return np.clip(images[:n], 0.0, 1.0) * support[None], confidence[:n]
+        return np.clip(images[:n], 0.0, 1.0) * support[None], np.maximum(scale[:n], 0.0) * support[None]
 
-    def restore(self, images: np.ndarray, confidence: np.ndarray, prepared: PreparedCase,
+    def restore(self, images: np.ndarray, scale: np.ndarray, prepared: PreparedCase,
                 request: Request) -> Outputs:
-        """Model-space outputs -> arrays on the reference grid (range norms -> physical units).
+        """Model-space outputs -> (image, scale) on the reference grid, both in the target's output units.
 
-        A target whose normalisation carries a standard scale (fitted by training
-        when the config asks for it) is histogram-standardised inside the head.
+        A range-normalised target (ADC) is denormalised to physical units and its
+        scale multiplied by the range. A target whose normalisation carries a
+        standard scale (fitted by training when the config asks for it) is
+        histogram-standardised inside the head, its scale by the map's mean slope.
         """
         outputs, head = {}, None
         for i, target in enumerate(request.targets):
             norm = self.bundle.norms[target]
             image = restore_volume(images[i], prepared, norm)
+            spread = restore_volume(scale[i], prepared, None)
+            if norm.kind == "range":
+                spread = spread * np.float32(norm.high - norm.low)
             if norm.standard is not None:
                 if head is None:
                     head = restored_head(prepared)
+                spread = spread * np.float32(standardize_slope(image, head))
                 image = standardize(image, head, norm.standard)
-            outputs[target] = (image, restore_volume(confidence[i], prepared, None))
+            outputs[target] = (image, np.maximum(spread, 0.0).astype(np.float32))
         return outputs
 
     def run(self, volumes: Volumes, sources: Sequence[str] | None, targets: Sequence[str],
             reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input") -> Outputs:
-        """target -> (image, confidence) on the input grid, without touching files.
+        """target -> (image, scale) on the input grid, without touching files (`halfwidth` makes an interval).
 
         `volumes` maps modality -> (array, VolumeInfo) as `read_volume` gives,
         or modality -> 3-D array with one shared `affine` (identity if None).

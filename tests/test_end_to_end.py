@@ -23,6 +23,7 @@ from medk2n.data.cases import discover_dataset
 from medk2n.data.phantom import generate_dataset
 from medk2n.eval.predictor import checkpoint_synthesizer, open_predictor
 from medk2n.export.cli import main as export_main
+from medk2n.runtime.uncertainty import interval_factor
 from medk2n.train.cli import main as train_main
 
 pytestmark = pytest.mark.slow
@@ -83,6 +84,10 @@ def test_runtime_outputs_sit_on_the_input_grid_and_match_pytorch(pipeline):
     assert "cpu" in json.dumps(report).lower() and "infer" in json.dumps(report)
     manifest = json.loads((pipeline["bundle"] / "manifest.json").read_text())
     assert manifest["parity"]["fp32"]["passed"]
+    # The conformal calibration ran on the subject the checkpoint held out, and on no training subject.
+    training = manifest["source"]["training"]["subjects"]
+    assert manifest["uncertainty"]["subjects"] == training["validation"]
+    assert not set(manifest["uncertainty"]["subjects"]) & set(training["train"])
 
     torch_synth = checkpoint_synthesizer(pipeline["run"] / "checkpoints" / "best", k=2, n=4)
     with torch_synth:
@@ -92,8 +97,8 @@ def test_runtime_outputs_sit_on_the_input_grid_and_match_pytorch(pipeline):
             reference = torch_synth.run(volumes, SOURCES, TARGETS, affine=flair.affine, name=case.name)
             for target in TARGETS:
                 written = nib.load(out / case.name / f"{target}.nii.gz")
-                confidence = nib.load(out / case.name / f"{target}_confidence.nii.gz")
-                assert written.shape == flair.shape == confidence.shape
+                uncertainty = nib.load(out / case.name / f"{target}_uncertainty.nii.gz")
+                assert written.shape == flair.shape == uncertainty.shape
                 np.testing.assert_allclose(written.affine, flair.affine, atol=1e-5)
                 ours = np.asarray(written.dataobj, np.float64)
                 theirs = reference[target][0].astype(np.float64)
@@ -103,6 +108,11 @@ def test_runtime_outputs_sit_on_the_input_grid_and_match_pytorch(pipeline):
                 # may differ by more than 1e-3 of the range (argmin head ties may flip).
                 outliers = np.mean(np.abs(ours - theirs) > 1e-3 * scale)
                 assert outliers <= 1e-3, (case.name, target, outliers)
+                # The half-width is the calibrated quantile times the checkpoint's own restored scale.
+                width = np.asarray(uncertainty.dataobj, np.float64)
+                expected = interval_factor(manifest["uncertainty"], target, 0.9, "fp32") * reference[target][1]
+                assert np.mean(np.abs(width - expected) > 1e-3 * max(float(expected.max()), 1e-6)) <= 1e-3
+                assert np.all(width[ours == 0] == 0) and width.max() > 0  # none where nothing is synthesised
 
 
 def test_eval_scores_checkpoint_and_bundle_alike(pipeline):
@@ -128,8 +138,12 @@ def test_eval_cli_writes_every_report(pipeline, tmp_path):
     doc = json.loads(out.read_text())
     assert doc and out.with_suffix(".csv").is_file() and out.with_suffix(".md").is_file()
     assert out.with_suffix(".png").stat().st_size > 1000
+    assert out.with_name("metrics_risk_coverage.png").stat().st_size > 1000
     text = out.with_suffix(".md").read_text()
     assert "adc" in text and "dwi" in text and "copy:flair" in text
+    rows = [r for r in doc["subjects"] if r["method"] == "model"]
+    assert rows and all(0.0 <= r["coverage"] <= 1.0 and -1.0 <= r["uncertainty_spearman"] <= 1.0 for r in rows)
+    assert set(doc["risk_coverage"]) == {"adc", "dwi"}
 
 
 def test_eval_names_a_mask_off_the_volume_grid(pipeline, tmp_path, capsys):

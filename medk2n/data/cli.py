@@ -55,9 +55,12 @@ def check(dataset: Path, require: tuple[str, ...], reference: str | None, debug:
 @click.option("--subjects", default=4, show_default=True, type=int, help="Number of cases.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Subject i depends only on (seed, i).")
 @click.option("--spacing", default=None, type=float, metavar="MM", help="Base voxel size in mm (generator default if omitted).")
+@click.option("--tissue-jitter", default=0.03, show_default=True, type=float, metavar="SD",
+              help="Relative sd of every tissue's T1/T2/PD/ADC per subject; raise it for contrasts unlike training's.")
 @click.option("--montage/--no-montage", default=True, show_default=True, help="Write <case>/montage.png for a visual check.")
 @debug_option
-def phantom(out: Path, subjects: int, seed: int, spacing: float | None, montage: bool, debug: bool) -> None:
+def phantom(out: Path, subjects: int, seed: int, spacing: float | None, tissue_jitter: float, montage: bool,
+            debug: bool) -> None:
     """Generate a multi-contrast phantom dataset (no download needed)."""
 
     def body() -> int:
@@ -67,7 +70,7 @@ def phantom(out: Path, subjects: int, seed: int, spacing: float | None, montage:
             raise MedK2NError(
                 f"phantom generation needs the optional data extra: pip install 'medk2n[data]' ({exc})"
             ) from None
-        cases = generate_dataset(out, subjects, seed, spacing)
+        cases = generate_dataset(out, subjects, seed, spacing, tissue_jitter)
         for case_dir in cases:
             if montage:
                 save_montage(case_dir, case_dir / "montage.png")

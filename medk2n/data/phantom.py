@@ -50,7 +50,7 @@ SPACING_RANGE = (0.7, 6.0)
 # 0.9 x 0.9 x 4 mm at the default 1.5 mm (clinical 2-D axial acquisitions).
 _ANISOTROPIC = ((2 / 3, 2 / 3, 2.0), (0.6, 0.6, 8 / 3))
 _MARGIN_MM = 10.0
-_TISSUE_JITTER = 0.03  # relative sd of per-subject tissue values
+TISSUE_JITTER = 0.03  # relative sd of per-subject tissue values
 _ADC_NOISE = 25.0  # 1e-6 mm^2/s
 
 
@@ -209,14 +209,16 @@ def _checked_spacing(spacing: float | None) -> float:
 
 
 def generate_subject(
-    rng: np.random.Generator, spacing: float | None, geometry: str, lesions: int | None = None
+    rng: np.random.Generator, spacing: float | None, geometry: str, lesions: int | None = None,
+    tissue_jitter: float = TISSUE_JITTER,
 ) -> dict:
     """Simulate one subject on a grid of the named geometry (one of GEOMETRIES).
 
     Returns {modality: float32 array} for MODALITIES, "brain_mask" and
     "lesion_mask" (uint8), "gm"/"wm"/"csf" tissue fractions (float32),
     "affine" (4x4), "code" (qform = sform code) and "geometry". `lesions`
-    fixes the lesion count (default: random 0-3).
+    fixes the lesion count (default: random 0-3); `tissue_jitter` is the relative sd of
+    every tissue property per subject (a larger one draws contrasts a model never saw).
     """
     grid = make_grid(rng, geometry, _checked_spacing(spacing))
     fractions = _sample_anatomy(rng, grid)
@@ -224,7 +226,7 @@ def generate_subject(
     parenchyma = fractions[0] + fractions[1]
     count = int(rng.integers(0, 4)) if lesions is None else int(lesions)
     lesion = _lesion_map(rng, grid, np.where(brain, parenchyma, 0.0), count)
-    clean = compartment_signals(fractions, jittered_tissues(rng, _TISSUE_JITTER), lesion)
+    clean = compartment_signals(fractions, jittered_tissues(rng, tissue_jitter), lesion)
     out: dict = {}
     for name in WEIGHTED:
         snr = rng.uniform(12.0, 20.0) if name == "dwi" else rng.uniform(25.0, 45.0)  # b=1000 EPI is noisier
@@ -260,7 +262,8 @@ def _write_case(subject: dict, case_dir: Path) -> None:
             shutil.rmtree(tmp)
 
 
-def generate_dataset(out_dir: Path, subjects: int, seed: int, spacing: float | None = None) -> list[Path]:
+def generate_dataset(out_dir: Path, subjects: int, seed: int, spacing: float | None = None,
+                     tissue_jitter: float = TISSUE_JITTER) -> list[Path]:
     """Write `subjects` cases out_dir/sub-XXX/{modality,brain_mask,lesion_mask}.nii.gz.
 
     Subject i depends only on (seed, i), so a larger dataset extends a smaller
@@ -271,6 +274,8 @@ def generate_dataset(out_dir: Path, subjects: int, seed: int, spacing: float | N
         raise DataError(f"phantom: --subjects must be at least 1, got {subjects}")
     if seed < 0:
         raise DataError(f"phantom: --seed must be non-negative, got {seed}")
+    if not 0.0 <= tissue_jitter <= 0.3:
+        raise DataError(f"phantom: --tissue-jitter must be in 0..0.3 (relative sd), got {tissue_jitter:g}")
     spacing = _checked_spacing(spacing)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -282,6 +287,7 @@ def generate_dataset(out_dir: Path, subjects: int, seed: int, spacing: float | N
             raise DataError(f"{case}: already exists and is not empty; refusing to overwrite it")
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, case in enumerate(cases):
-        subject = generate_subject(np.random.default_rng([seed, i]), spacing, GEOMETRIES[i % len(GEOMETRIES)])
+        subject = generate_subject(np.random.default_rng([seed, i]), spacing, GEOMETRIES[i % len(GEOMETRIES)],
+                                   tissue_jitter=tissue_jitter)
         _write_case(subject, case)
     return cases

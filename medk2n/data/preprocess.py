@@ -129,7 +129,7 @@ def restore_volume(slices: np.ndarray, prepared: PreparedCase, norm: NormSpec | 
     """Model output [S, size, size] -> float32 array of `prepared.reference.shape`.
 
     A "range" modality is denormalised to physical units with its fixed range;
-    "percentile" modalities and None (e.g. confidence maps) stay in [0, 1],
+    "percentile" modalities and None (e.g. the scale maps) stay in model units,
     because weighted images have no absolute scale to return to.
     """
     canonical = slices_to_volume(np.asarray(slices, dtype=np.float32), prepared.slicing)

@@ -64,3 +64,17 @@ def standardize(volume: np.ndarray, mask: np.ndarray, standard: list[float]) -> 
     if own is None or np.any(np.diff(own) <= 0):
         return volume
     return np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)
+
+
+def standardize_slope(volume: np.ndarray, mask: np.ndarray) -> float:
+    """The mean slope of `standardize(volume, mask, ...)`: 1 over the span of its own 0.5-99.5 landmarks.
+
+    The map is piecewise linear and monotone; a per-voxel interval carried through it is scaled by
+    its slope. The mean slope keeps the interval's voxel ranking and leaves the residual shape of
+    the map to the conformal calibration, which is fitted on standardised outputs. 1.0 where
+    `standardize` leaves the volume unchanged.
+    """
+    own = _percentile_marks(np.asarray(volume, dtype=np.float32), mask)
+    if own is None or np.any(np.diff(own) <= 0):
+        return 1.0
+    return float(1.0 / (own[-1] - own[0]))

@@ -26,10 +26,12 @@ def _names(text: str) -> list[str]:
 @click.option("--precision", default=None, help="Which model of a bundle (fp32|fp16|int8).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Device for a checkpoint.")
 @click.option("--reference", default=None, help="Resample sources onto this modality's grid.")
-@click.option("--no-montage", is_flag=True, help="Skip the PNG montage.")
+@click.option("--coverage", type=float, default=0.9, show_default=True,
+              help="Coverage of the intervals whose empirical coverage is scored (calibrated bundles).")
+@click.option("--no-montage", is_flag=True, help="Skip the PNG montage and the risk-coverage plot.")
 @debug_option
 def main(model_path, dataset, sources, targets, out, train_data, backend, precision, device, reference,
-         no_montage, debug):
+         coverage, no_montage, debug):
     """Evaluate MODEL_PATH (checkpoint folder or bundle) on DATASET."""
 
     def body() -> int:
@@ -39,7 +41,7 @@ def main(model_path, dataset, sources, targets, out, train_data, backend, precis
 
         src, tgt = _names(sources), _names(targets)
         with open_predictor(model_path, k=len(src), n=len(tgt), backend=backend, precision=precision,
-                            device=device) as predictor:
+                            device=device, coverage=coverage) as predictor:
             result = evaluate(predictor, dataset, src, tgt, train_dir=train_data, reference=reference)
             backend_used = predictor.choice.describe()
         title = f"{model_path.name}: {'+'.join(src)} → {'+'.join(tgt)} ({backend_used})"

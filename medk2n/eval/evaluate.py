@@ -19,11 +19,13 @@ from medk2n.data.mask import brain_mask
 from medk2n.data.geometry import geometry_mismatch
 from medk2n.data.nifti import VolumeInfo, read_volume
 from medk2n.errors import DataError
-from medk2n.eval.protocol import score_volume, summarise
+from medk2n.eval.protocol import interval_space, score_volume, summarise
 from medk2n.eval.references import mean_prediction, mean_templates
 from medk2n.runtime.synthesizer import Synthesizer
 
 MODEL = "model"
+# Brain voxels per subject and target kept for the pooled risk-coverage curve (a strided sample).
+CURVE_VOXELS = 200_000
 
 
 @dataclass
@@ -32,6 +34,9 @@ class EvalResult:
     targets: list[str]
     rows: list[dict] = field(default_factory=list)  # one per (method, case, target)
     examples: list[dict] = field(default_factory=list)  # middle-slice images for the montage
+    # target -> [(|error|, scale)] per subject, brain voxels in the protocol's space: the risk-coverage curve
+    errors: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    coverage: float | None = None  # of the intervals scored, when the predictor is calibrated
 
     def summary(self) -> dict[str, dict[str, dict]]:
         """method -> target -> metric -> {mean, sd, n}."""
@@ -74,6 +79,8 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
     norms = predictor.bundle.norms
     templates = mean_templates(train_dir, targets, norms, predictor.bundle.image_size) if train_dir else {}
     result = EvalResult(list(sources), list(targets))
+    if predictor.uncertainty_note is None:
+        result.coverage = predictor.coverage
     for case in cases:
         volumes = load_case(case, [*sources, *targets])
         request = predictor.request(sources, targets, case.name)
@@ -84,9 +91,15 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         for target in targets:
             truth = volumes[target][0]
             physical = norms[target].kind == "range"
-            pred, confidence = outputs[target]
+            pred, scale = outputs[target]
+            scale = scale if predictor.bundle.has_scale else None
+            halfwidth = None if scale is None else predictor.halfwidth(target, scale, sources)
             result.rows.append({"method": MODEL, "case": case.name, "target": target,
-                                **score_volume(pred, truth, mask, confidence, physical, lesion)})
+                                **score_volume(pred, truth, mask, scale, physical, lesion, halfwidth)})
+            if scale is not None and mask.any():
+                error, spread = interval_space(pred, truth, mask, scale, physical)
+                step = max(1, len(error) // CURVE_VOXELS)
+                result.errors.setdefault(target, []).append((error[::step], spread[::step]))
             for source in sources:
                 result.rows.append({"method": f"copy:{source}", "case": case.name, "target": target,
                                     **score_volume(volumes[source][0], truth, mask, lesion=lesion)})
@@ -95,12 +108,14 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
                 result.rows.append({"method": "mean-train", "case": case.name, "target": target,
                                     **score_volume(guess, truth, mask, None, physical, lesion)})
             if len(result.examples) < examples * len(targets):
-                result.examples.append(_example(case.name, target, volumes, sources, pred, truth, confidence, mask))
+                result.examples.append(_example(case.name, target, volumes, sources, pred, truth,
+                                                halfwidth if halfwidth is not None else scale, mask))
     return result
 
 
-def _example(name, target, volumes, sources, pred, truth, confidence, mask) -> dict:
+def _example(name, target, volumes, sources, pred, truth, spread, mask) -> dict:
     """Middle brain slice along the last axis of each volume, for the montage."""
     z = int(np.median(np.flatnonzero(mask.any(axis=(0, 1))))) if mask.any() else pred.shape[-1] // 2
     return {"case": name, "target": target, "sources": {s: volumes[s][0][..., z] for s in sources},
-            "pred": pred[..., z], "truth": truth[..., z], "confidence": confidence[..., z], "mask": mask[..., z]}
+            "pred": pred[..., z], "truth": truth[..., z], "mask": mask[..., z],
+            "spread": None if spread is None else spread[..., z]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile, training_roles
+from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec, training_roles
 from medk2n.runtime.synthesizer import Synthesizer
 
 
@@ -18,10 +18,10 @@ def is_bundle(path: str | Path) -> bool:
 
 
 def open_predictor(path: str | Path, k: int, n: int, backend: str = "auto", precision: str | None = None,
-                   device: str = "cpu", batch_size: int | None = None) -> Synthesizer:
-    """A Synthesizer for `path` taking up to `k` sources and `n` targets."""
+                   device: str = "cpu", batch_size: int | None = None, coverage: float = 0.9) -> Synthesizer:
+    """A Synthesizer for `path` taking up to `k` sources and `n` targets (intervals at `coverage`)."""
     if is_bundle(path):
-        return Synthesizer(path, backend=backend, precision=precision, batch_size=batch_size)
+        return Synthesizer(path, backend=backend, precision=precision, batch_size=batch_size, coverage=coverage)
     return checkpoint_synthesizer(path, k, n, device=device, batch_size=batch_size)
 
 
@@ -37,7 +37,9 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
     manifest = Manifest(
         k=k, n=n, image_size=mc.image_size, modalities=list(mc.modalities),
         normalization={m: vars(spec) for m, spec in mc.normalization.items()}, precision="fp32",
-        models=[], inputs=[], outputs=[], batch={"min": 1, "opt": 8, "max": 1024},
+        # A checkpoint has the scale output but no conformal calibration: its scale is scored, no interval.
+        models=[], inputs=[], outputs=[TensorSpec(name, "float32", []) for name in ("images", "scale")],
+        batch={"min": 1, "opt": 8, "max": 1024},
         roles=training_roles(cfg.train),
     )
     bundle = Bundle(path=Path(path), manifest=manifest, norms=dict(mc.normalization))

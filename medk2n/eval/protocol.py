@@ -5,8 +5,14 @@ Both prediction and truth are scaled per volume to [0, 1] by their own
 for global intensity scale, which weighted MRI does not have), then PSNR,
 SSIM and MAE are taken at data range 1 over the whole volume and inside the
 brain mask. Quantitative targets (normalisation kind "range", e.g. ADC) also
-get the mean absolute error in their physical units. The confidence map is
-scored by how well it ranks the real error (Spearman, inside the brain).
+get the mean absolute error in their physical units.
+
+The predicted error (the Laplace scale, and the interval half-width when the
+bundle is calibrated) is scored inside the brain in the same space as the
+error it predicts (`interval_space`): on the percentile scale for weighted
+targets, the scale carried by that scaling's slope, and in physical units for
+quantitative ones. There it gets the Spearman correlation with |error|, the
+AUSE of its sparsification curve and the coverage of its intervals.
 
 Where the dataset ships a lesion mask, the lesion gets its own two numbers,
 because a whole-brain score hides it: an infarct is 0.5-2 % of the brain,
@@ -23,31 +29,58 @@ from __future__ import annotations
 
 import numpy as np
 
-from medk2n.eval.metrics import mae, psnr, spearman, ssim
+from medk2n.eval.metrics import mae, psnr, ssim
+from medk2n.eval.uncertainty import uncertainty_scores
 
 PSNR_CAP = 100.0  # identical volumes give inf; cap so means stay finite
 
 
 def percentile_scale(volume: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    values = volume[mask] if mask.any() else volume.ravel()
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = _percentile_interval(volume, mask, low, high)
     if hi <= lo:
         return np.zeros_like(volume, dtype=np.float32)
     return np.clip((volume - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _percentile_interval(volume: np.ndarray, mask: np.ndarray, low: float = 0.5,
+                         high: float = 99.5) -> tuple[float, float]:
+    values = volume[mask] if mask.any() else volume.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    return float(lo), float(hi)
+
+
+def interval_space(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, spread: np.ndarray,
+                   physical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(|error|, spread) of the voxels in `mask`, in the space the protocol scores errors in.
+
+    `spread` is a scale or a half-width in the prediction's units. Export's conformal
+    calibration and the evaluation both call this, so an interval is fitted and judged on
+    the same errors.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    spread = np.asarray(spread, dtype=np.float32)
+    if physical:
+        return np.abs(np.asarray(pred, np.float32) - np.asarray(truth, np.float32))[mask], spread[mask]
+    lo, hi = _percentile_interval(pred, mask)
+    slope = 1.0 / (hi - lo) if hi > lo else 0.0
+    error = np.abs(percentile_scale(pred, mask) - percentile_scale(truth, mask))
+    return error[mask], spread[mask] * np.float32(slope)
 
 
 def score_volume(
     pred: np.ndarray,
     truth: np.ndarray,
     mask: np.ndarray,
-    confidence: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
     physical: bool = False,
     lesion: np.ndarray | None = None,
+    halfwidth: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics for one synthesised volume; arrays share the input grid (slice axis last is not assumed).
 
     `lesion` (optional, same grid): lesion mask; adds lesion_mae and lesion_bias
-    when it has a voxel inside `mask`.
+    when it has a voxel inside `mask`. `scale` (the predicted expected error) adds
+    uncertainty_spearman and ause; `halfwidth` (a calibrated interval) adds coverage.
     """
     mask = np.asarray(mask, dtype=bool)
     p = percentile_scale(pred, mask)
@@ -70,9 +103,10 @@ def score_volume(
             out["lesion_bias"] = float(np.mean(p[inside] - t[inside], dtype=np.float64))
     if physical:
         out["masked_mae_physical"] = mae(pred, truth, mask)
-    if confidence is not None:
-        error = np.abs(p - t)[mask]
-        out["confidence_spearman"] = spearman(np.asarray(confidence)[mask], -error)
+    if scale is not None and mask.any():
+        error, spread = interval_space(pred, truth, mask, scale, physical)
+        width = None if halfwidth is None else interval_space(pred, truth, mask, halfwidth, physical)[1]
+        out.update(uncertainty_scores(error, spread, width))
     return out
 
 

@@ -1,4 +1,5 @@
-"""Evaluation outputs: metrics.json, per-subject CSV, a Markdown summary and a PNG montage."""
+"""Evaluation outputs: metrics.json, per-subject CSV, a Markdown summary, a PNG montage and,
+when the model predicts its error, a risk-coverage (sparsification) plot."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 
 from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale
+from medk2n.eval.uncertainty import ause, save_risk_coverage, sparsification
 from medk2n.fsutil import write_atomic
 
 COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "lesion_mae", "lesion_bias",
-           "masked_mae_physical", "confidence_spearman")
+           "masked_mae_physical", "uncertainty_spearman", "ause", "coverage")
 
 
 def best_copy(summary: dict, target: str) -> str | None:
@@ -28,7 +30,12 @@ def markdown(result: EvalResult, title: str) -> str:
     lesioned = len({r["case"] for r in result.rows if "lesion_mae" in r})
     lines = [f"### {title}", "", f"Sources: {', '.join(result.sources)}; subjects: "
              f"{len({r['case'] for r in result.rows})}; mean ± sd over subjects"
-             + (f" (lesion_* over the {lesioned} with a lesion mask; bias < 0: lesion too dark)." if lesioned else "."), ""]
+             + (f" (lesion_* over the {lesioned} with a lesion mask; bias < 0: lesion too dark)." if lesioned else "."),
+             "uncertainty_spearman: Spearman(predicted error, |error|) inside the brain; ause: area between its "
+             "sparsification curve and the oracle's (0 = perfect ranking)"
+             + (f"; coverage: fraction of brain voxels inside the {result.coverage:.0%} intervals."
+                if result.coverage is not None else "; no coverage: this model carries no conformal calibration."),
+             ""]
     header = ["target", "method"] + [c for c in COLUMNS]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for target in result.targets:
@@ -54,31 +61,56 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     writer.writeheader()
     writer.writerows(result.rows)
     write_atomic(paths["csv"], table.getvalue().encode())
+    curves = risk_coverage_curves(result)
+    if curves:
+        doc["risk_coverage"] = curves
+        write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
     if montage and result.examples:
         paths["png"] = save_montage(result, out.with_suffix(".png"))
+    if montage and curves:
+        path = out.with_name(out.stem + "_risk_coverage.png")
+        paths["risk_coverage"] = save_risk_coverage(curves, path, title="Error of the voxels kept as the most "
+                                                    "uncertain are removed (pooled over subjects)")
     return paths
 
 
+def risk_coverage_curves(result: EvalResult) -> dict[str, dict]:
+    """target -> pooled sparsification curve of the model's predicted error (empty when it has none)."""
+    curves = {}
+    for target, pairs in result.errors.items():
+        curve = sparsification(np.concatenate([e for e, _ in pairs]), np.concatenate([s for _, s in pairs]))
+        curve["ause"] = ause(curve)
+        curve["units"] = "normalised intensity" if not _physical(result, target) else "physical units"
+        curves[target] = curve
+    return curves
+
+
+def _physical(result: EvalResult, target: str) -> bool:
+    return any(r.get("target") == target and "masked_mae_physical" in r for r in result.rows)
+
+
 def save_montage(result: EvalResult, path: Path) -> Path:
-    """Rows: examples; columns: sources, synthesis, truth, |error|, confidence."""
+    """Rows: examples; columns: sources, synthesis, truth, |error|, predicted error (interval half-width,
+    else the Laplace scale), both on the synthesis' percentile scale and the same colour range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result.examples
-    cols = len(result.sources) + 4
+    cols = len(result.sources) + 3 + any(ex["spread"] is not None for ex in result.examples)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.3 * len(rows)), squeeze=False)
     for r, ex in enumerate(rows):
         mask = ex["mask"]
         pred, truth = percentile_scale(ex["pred"], mask), percentile_scale(ex["truth"], mask)
         panels = [(f"{s}", percentile_scale(img, mask)) for s, img in ex["sources"].items()]
-        panels += [(f"synth {ex['target']}", pred), (f"true {ex['target']}", truth),
-                   ("|error|", np.abs(pred - truth)), ("confidence", ex["confidence"])]
+        panels += [(f"synth {ex['target']}", pred), (f"true {ex['target']}", truth), ("|error|", np.abs(pred - truth))]
+        if ex["spread"] is not None:
+            panels.append(("predicted error", _on_percentile_scale(ex["spread"], ex["pred"], mask)))
         for c, (name, img) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(np.rot90(img), cmap="magma" if name in ("|error|", "confidence") else "gray",
-                      vmin=0, vmax=1 if name != "|error|" else 0.5)
+            ax.imshow(np.rot90(img), cmap="magma" if name in ("|error|", "predicted error") else "gray",
+                      vmin=0, vmax=1 if name not in ("|error|", "predicted error") else 0.5)
             ax.set_title(f"{ex['case']}: {name}" if c == 0 else name, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
@@ -87,3 +119,10 @@ def save_montage(result: EvalResult, path: Path) -> Path:
     plt.close(fig)
     write_atomic(path, png.getvalue())
     return path
+
+
+def _on_percentile_scale(spread: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A spread in the prediction's units, carried by the slope of the prediction's percentile scaling."""
+    values = pred[mask] if mask.any() else pred.ravel()
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return spread / (hi - lo) if hi > lo else np.zeros_like(spread)

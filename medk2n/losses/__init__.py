@@ -60,7 +60,7 @@ def total_loss(
         "lesion": _lesion_l1(out, target, valid, lesion),
         "histogram": _image_and_candidates_histogram(out, target, weight),
         "gradient": _image_and_heads(gradient_l1, out, target, weight),
-        "quality": quality_loss(out, target, valid),
+        "quality": quality_loss(out, target, valid, mask),
     }
     if out.image_embed is not None:
         terms["cmim"] = contrastive_loss(out.image_embed, model.text_embeddings, tgt, valid, cfg.temperature)

@@ -1,13 +1,20 @@
-"""Quality regression: the error predictors learn the real error they predict.
+"""Uncertainty and quality terms: the predictors learn the real error they predict.
 
-Two predictors are trained, both against detached real absolute errors so
-they observe the synthesis without steering it:
-- TaskHeadNet's evaluator: per pixel, per candidate head (its prediction of
-  the selected head becomes the confidence map);
+Two predictors are trained, both against detached real errors so they observe
+the synthesis without steering it:
+- TaskHeadNet's evaluator (and the U-Net's error head): a per-pixel Laplace
+  scale b per candidate head, by the heteroscedastic Laplace negative
+  log-likelihood |y - mu|/b + log b (Kendall & Gal 2017; Tanno et al. 2021),
+  the likelihood that matches the L1 objective. Its minimiser is
+  b = E|y - mu|, so b is an expected absolute error, and the log b term makes
+  the fit relative: a 2x error is as costly at b = 0.01 as at b = 0.1, which
+  keeps the small errors of flat tissue from being drowned by the edges.
+  It is taken inside the head mask only, as the image losses are: over air the
+  synthesis is blanked, and fitting the untrained haze there is what left the
+  old error regression with no capacity for the brain.
 - the fusion's quality estimate Q: the final synthesis' error pooled to the
-  stride-8 fusion grid (Q drives the accept/reject of auxiliary frames).
-They are trained over the whole slice (target validity only, not the brain
-mask), so the confidence map is meaningful in the background too.
+  stride-8 fusion grid, regressed directly (Q drives the accept/reject of
+  auxiliary frames; it is an internal gate, not an output).
 """
 
 from __future__ import annotations
@@ -19,11 +26,17 @@ from medk2n.losses.image import weighted_mean
 from medk2n.models.output import K2NOutput
 
 
-def quality_loss(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """out: detailed output; target [B,N,H,W]; valid [B,N] 0/1 weights."""
-    real = (out.candidates - target.unsqueeze(2)).abs().detach()
-    weight = valid[:, :, None, None, None].expand_as(real)
-    loss = weighted_mean((out.quality - real).abs(), weight)
+def laplace_nll(scale: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean of |r|/b + log b (the Laplace NLL up to log 2); r is used as given (detach it first)."""
+    return weighted_mean(residual.abs() / scale + torch.log(scale), weight)
+
+
+def quality_loss(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """out: detailed output; target [B,N,H,W]; valid [B,N] 0/1 weights; mask [B,N,H,W] pixel weights (the head)."""
+    residual = (out.candidates - target.unsqueeze(2)).detach()
+    weight = valid[:, :, None, None] if mask is None else valid[:, :, None, None] * mask.to(target.dtype)
+    loss = laplace_nll(out.quality, residual, weight.unsqueeze(2).expand_as(residual))
     if out.state_error is not None:
         factor = target.shape[-1] // out.state_error.shape[-1]
         pooled = F.avg_pool2d((out.images - target).abs().detach(), factor)

@@ -8,21 +8,24 @@ themselves at full, half and quarter resolution (modality-aware, averaged over
 the present slots, absent ones weighted exactly 0), the way U-Net skips and
 SAM2's high-resolution decoder features do, so edges, CSF and small lesions
 survive into the synthesis. Every decoder layer is conditioned on the target.
-A quality evaluator predicts each candidate's per-pixel absolute error; it
-only observes the candidates (its inputs are detached), so the quality loss
-trains it to be a calibrated error predictor without pulling the decoders.
+A quality evaluator predicts each candidate's per-pixel Laplace scale b,
+trained by the heteroscedastic Laplace likelihood |y - mu|/b + log b inside
+the head (losses.quality): the likelihood that matches the L1 objective, whose
+optimum is b = E|y - mu|, so b is the expected absolute error in normalised
+intensity units. It only observes the candidates (its inputs are detached), so
+it learns to predict the error without pulling the decoders.
 
-Selection is per target image by predicted mean error: a softmax over
--error in training (every head gets gradient), a one-hot argmin in eval
-(exportable, no branching). Selecting whole images rather than pixels keeps
-seams between heads out of the synthesis, and keeps the exported graph's
-choice stable: near-ties between per-pixel errors would flip under
-float32 reordering between backends, a slice-wide mean practically never does.
+Selection is per target image by predicted mean error inside the sources'
+signal (the scale is untrained over air, where the loss never looks): a
+softmax over -error in training (every head gets gradient), a one-hot argmin
+in eval (exportable, no branching). Selecting whole images rather than pixels
+keeps seams between heads out of the synthesis, and keeps the exported graph's
+choice stable: near-ties between per-pixel errors would flip under float32
+reordering between backends, a slice-wide mean practically never does.
 
-Confidence output: c = exp(-e / CONFIDENCE_SCALE) where e is the predicted
-absolute error of the selected candidate in normalised intensity units, so
-c = 1 for a predicted-perfect voxel, 0.37 at an expected error of 0.1 (10 %
-of the modality's normalised range) and -> 0 for large expected errors.
+The `scale` output is the selected candidate's b. It is not yet an interval:
+export calibrates it split-conformally on held-out subjects (export.conformal)
+and the runtime turns it into a half-width at a stated coverage.
 """
 
 from __future__ import annotations
@@ -35,14 +38,22 @@ from torch import nn
 
 from medk2n.models.blocks import FiLM, SeparableConv, expand_targets, group_norm, present_mean
 
-CONFIDENCE_SCALE = 0.1
 # Soft selection in training: a 0.01 gap in predicted mean error gives the better head e-times the weight.
 SELECTION_TEMPERATURE = 0.01
+# Smallest Laplace scale (normalised units): keeps |r|/b finite where a head is nearly exact.
+SCALE_FLOOR = 1e-3
+# A normalised source intensity above this is signal, not air (as the runtime's synthesis support).
+SIGNAL_LEVEL = 0.05
 
 
-def confidence_from_error(error: torch.Tensor) -> torch.Tensor:
-    """Per-voxel confidence in (0,1] from a predicted absolute error (see module docstring)."""
-    return torch.exp(-error / CONFIDENCE_SCALE)
+def laplace_scale(raw: torch.Tensor) -> torch.Tensor:
+    """Positive scale from an unconstrained output; softplus keeps it linear for large errors."""
+    return F.softplus(raw) + SCALE_FLOOR
+
+
+def signal_support(x: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """x [B,K,H,W], avail [B,K] -> [B,H,W] 1 where any present source has signal (exportable, no branching)."""
+    return ((x * avail[:, :, None, None]).amax(dim=1) > SIGNAL_LEVEL).to(x.dtype)
 
 
 def upsample2(x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +132,7 @@ class CandidateHead(nn.Module):
 
 
 class QualityEvaluator(nn.Module):
-    """Predicted per-pixel absolute error in (0,1) of one candidate, given its features and image."""
+    """Per-pixel Laplace scale b (expected absolute error) of one candidate, given its features and image."""
 
     def __init__(self, hidden_dim: int, cond_dim: int) -> None:
         super().__init__()
@@ -129,19 +140,20 @@ class QualityEvaluator(nn.Module):
         self.film = FiLM(cond_dim, hidden_dim)
         self.spatial = SeparableConv(hidden_dim, hidden_dim)
         self.out = nn.Conv2d(hidden_dim, 1, kernel_size=1)
+        nn.init.constant_(self.out.bias, -3.0)  # b starts near 0.05, the order of a first synthesis' error
         self.act = nn.GELU()
 
     def forward(self, hidden: torch.Tensor, image: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
         h = self.act(self.film(self.inp(torch.cat([hidden, image], dim=1)), c_task))
-        return torch.sigmoid(self.out(self.act(self.spatial(h))))
+        return laplace_scale(self.out(self.act(self.spatial(h))))
 
 
 @dataclass
 class HeadOutput:
     images: torch.Tensor  # [B,N,H,W]
-    confidence: torch.Tensor  # [B,N,H,W]
+    scale: torch.Tensor  # [B,N,H,W] Laplace scale of the selected candidate
     candidates: torch.Tensor  # [B,N,Kh,H,W]
-    quality: torch.Tensor  # [B,N,Kh,H,W] predicted absolute error per candidate
+    quality: torch.Tensor  # [B,N,Kh,H,W] Laplace scale (expected absolute error) per candidate
 
 
 class TaskHeadNet(nn.Module):
@@ -179,17 +191,21 @@ class TaskHeadNet(nn.Module):
             errors.append(self.evaluator(hidden.detach(), image.detach(), cond))
         candidates = torch.cat(images, dim=1)  # [M,Kh,H,W]
         quality = torch.cat(errors, dim=1)
-        image, error = self._select(candidates, quality)
+        support = expand_targets(signal_support(x, avail), n)
+        image, scale = self._select(candidates, quality, support)
         return HeadOutput(
             images=image.unflatten(0, (-1, n)),
-            confidence=confidence_from_error(error).unflatten(0, (-1, n)),
+            scale=scale.unflatten(0, (-1, n)),
             candidates=candidates.unflatten(0, (-1, n)),
             quality=quality.unflatten(0, (-1, n)),
         )
 
-    def _select(self, candidates: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[M,Kh,H,W] x2 -> selected image and its predicted error map, each [M,H,W]."""
-        score = quality.mean(dim=(2, 3))  # [M,Kh] predicted mean absolute error
+    def _select(self, candidates: torch.Tensor, quality: torch.Tensor,
+                support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[M,Kh,H,W] x2, support [M,H,W] -> selected image and its scale map, each [M,H,W]."""
+        inside = support.unsqueeze(1)
+        # [M,Kh] predicted mean absolute error over the sources' signal
+        score = (quality * inside).sum(dim=(2, 3)) / inside.sum(dim=(2, 3)).clamp_min(1.0)
         if self.training:
             weights = torch.softmax(-score.detach() / SELECTION_TEMPERATURE, dim=1)
         else:

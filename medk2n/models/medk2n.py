@@ -1,10 +1,10 @@
-"""Med-K2N: K source slices -> N target slices with per-voxel confidence.
+"""Med-K2N: K source slices -> N target slices with a per-voxel Laplace scale (expected absolute error).
 
     x [B,K,H,W] --SliceEncoder (SAM2 Hiera + LoRA, per-modality input map)--> FPN levels per frame
               --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
               --SequentialFusion per target (task memory, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
               --TaskHeadNet (+ present frames' stride-4 level, source pixels at full/half resolution,
-                task embedding c_task)--> images, confidence
+                task embedding c_task)--> images, scale
 
 Ablations (config.ABLATIONS) decide which modules exist: B0 builds the
 encoder and heads only and averages the present frames' features; B1 adds
@@ -65,7 +65,7 @@ class MedK2N(nn.Module):
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._synthesize(x, src, tgt, avail)
-        return out.images, out.confidence
+        return out.images, out.scale
 
     def forward_detailed(
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
@@ -109,6 +109,6 @@ class MedK2N(nn.Module):
         base_detail = present_mean(levels[0].unflatten(0, (-1, k)), avail)
         heads = self.heads(fused, base_detail, c_task, x, c_modal, avail)
         return K2NOutput(
-            images=heads.images, confidence=heads.confidence, candidates=heads.candidates, quality=heads.quality,
+            images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
         )

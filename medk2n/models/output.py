@@ -18,9 +18,9 @@ class K2NOutput:
     """
 
     images: torch.Tensor  # [B,N,H,W] in [0,1]
-    confidence: torch.Tensor  # [B,N,H,W] in [0,1]
+    scale: torch.Tensor  # [B,N,H,W] Laplace scale b > 0: expected absolute error, normalised units
     candidates: torch.Tensor  # [B,N,Kh,H,W]
-    quality: torch.Tensor  # [B,N,Kh,H,W] predicted per-pixel absolute error of each candidate
+    quality: torch.Tensor  # [B,N,Kh,H,W] Laplace scale of each candidate
     src: torch.Tensor  # [B,K]
     tgt: torch.Tensor  # [B,N]
     avail: torch.Tensor  # [B,K] float 0/1

@@ -28,8 +28,8 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feed.items()}
-        images, confidence = self.model(tensors["x"], tensors["src"], tensors["tgt"], tensors["avail"])
-        return {"images": images.float().cpu().numpy(), "confidence": confidence.float().cpu().numpy()}
+        images, scale = self.model(tensors["x"], tensors["src"], tensors["tgt"], tensors["avail"])
+        return {"images": images.float().cpu().numpy(), "scale": scale.float().cpu().numpy()}
 
     @property
     def providers(self) -> list[str]:

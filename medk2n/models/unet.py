@@ -9,9 +9,9 @@ and runtime apply and the comparison is about the architecture only:
   probability MODALITY_DROPOUT (at least one is kept), the usual recipe for
   one model that serves any subset of its inputs;
 - the decoder runs once per target, FiLM-conditioned on the target embedding;
-- a small error head predicts the per-pixel absolute error of the output from
-  detached decoder features (trained by the same quality regression), which
-  gives the confidence map.
+- a small error head predicts the per-pixel Laplace scale (expected absolute
+  error) of the output from detached decoder features, trained by the same
+  Laplace likelihood as Med-K2N's evaluator: the `scale` output.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 
 from medk2n.config import ModelConfig
 from medk2n.models.blocks import FiLM, expand_targets, group_norm, present_mean
-from medk2n.models.heads import confidence_from_error
+from medk2n.models.heads import laplace_scale
 from medk2n.models.output import K2NOutput, check_inputs
 
 MODALITY_DROPOUT = 0.3
@@ -75,7 +75,7 @@ class UNetBaseline(nn.Module):
 
     def forward(self, x, src, tgt, avail=None) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.forward_detailed(x, src, tgt, avail)
-        return out.images, out.confidence
+        return out.images, out.scale
 
     def forward_detailed(self, x, src, tgt, avail=None) -> K2NOutput:
         check_inputs(x, src, tgt, avail)
@@ -88,10 +88,10 @@ class UNetBaseline(nn.Module):
         for step, skip in zip(self.up, reversed(skips[:-1])):
             h = step(h, expand_targets(skip, n), cond)
         image = torch.sigmoid(self.out(h))
-        error = torch.sigmoid(self.error_head(torch.cat([h.detach(), image.detach()], dim=1)))
+        error = laplace_scale(self.error_head(torch.cat([h.detach(), image.detach()], dim=1)))
         return K2NOutput(
             images=image[:, 0].unflatten(0, (-1, n)),
-            confidence=confidence_from_error(error[:, 0]).unflatten(0, (-1, n)),
+            scale=error[:, 0].unflatten(0, (-1, n)),
             candidates=image.unflatten(0, (-1, n)),
             quality=error.unflatten(0, (-1, n)),
             src=src, tgt=tgt, avail=avail,

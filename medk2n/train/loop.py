@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medk2n.config import ExperimentConfig
-from medk2n.data.cases import discover_dataset
+from medk2n.data.cases import case_fingerprint, discover_dataset
 from medk2n.data.dataset import SliceDataset, split_cases
 from medk2n.errors import DataError
 from medk2n.losses import total_loss
@@ -143,6 +143,7 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     torch.manual_seed(tc.seed + ctx.rank)
 
     train_set, val_set, train_cases = _datasets(cfg, data_dir)
+    split = split_record(train_cases, val_set.case_names)
     if state is None and tc.standardize_outputs:
         fit_output_scales(cfg, train_cases)
     model = _model(cfg, ctx, run_dir if resume else None)
@@ -200,7 +201,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
                 score = all_reduce_mean(metrics["masked_psnr"], ctx)
                 logger.log_val(step, metrics)
                 if ctx.is_main:
-                    best = _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics)
+                    best = _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics,
+                                 subjects=split)
                 model.train()
             if stop["flag"]:
                 break
@@ -282,8 +284,16 @@ def _split(batch: dict[str, torch.Tensor], chunks: int):
             yield {k: v[a:b] for k, v in batch.items()}
 
 
-def _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics) -> float:
-    meta = {"step": step, "val": metrics}
+def split_record(train_cases: list, validation: list[str]) -> dict[str, list[str]]:
+    """Names of both sides of the split, and content fingerprints of the training side (names repeat)."""
+    return {"train": sorted(c.name for c in train_cases), "validation": sorted(validation),
+            "train_fingerprints": sorted(case_fingerprint(c) for c in train_cases)}
+
+
+def _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics, subjects) -> float:
+    # The subjects of each side of the split: export calibrates the uncertainty on subjects the
+    # weights never saw, and must be able to tell which those are.
+    meta = {"step": step, "val": metrics, "subjects": subjects}
     is_best = score > best
     best = max(best, score)
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

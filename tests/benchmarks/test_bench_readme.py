@@ -104,3 +104,23 @@ def test_committed_readme_quotes_the_committed_results():
     if not results.is_dir() or not result_files(results):
         pytest.skip("no committed benchmark results yet")
     assert not update_readme(results, root / "README.md", check=True), "README is stale: run `medk2n-bench readme`"
+
+
+def test_demo_results_are_committed_with_a_machine_stamp_and_quoted_first(tmp_path):
+    from medk2n.benchmarks.demo_results import commit_demo
+    from medk2n.benchmarks.readme import results_section
+
+    eval_dir, results = tmp_path / "demo" / "eval", tmp_path / "results"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "metrics.json").write_text(json.dumps({"summary": {"model": {}}, "subjects": []}))
+    (eval_dir / "metrics.md").write_text("### bundle: demo table\n\n| target | model |\n")
+    (eval_dir / "metrics_risk_coverage.png").write_bytes(b"\x89PNG fake")
+    written = commit_demo(eval_dir / "metrics.json", results)
+    assert sorted(p.name for p in written) == ["demo.json", "demo.md", "demo_risk_coverage.png"]
+    assert "machine" in json.loads((results / "demo.json").read_text())
+    (results / "latency.md").write_text("## Latency\n")
+    section = results_section(results, tmp_path / "README.md")
+    assert section.index("demo table") < section.index("Latency")
+    assert "demo_risk_coverage.png" in section and "Machine:" in section
+    with pytest.raises(MedK2NError, match="not found"):
+        commit_demo(tmp_path / "nowhere" / "metrics.json", results)

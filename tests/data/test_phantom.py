@@ -131,6 +131,16 @@ def test_seed_determines_the_data():
     assert first["t1"].shape != other["t1"].shape or not np.array_equal(first["t1"], other["t1"])
 
 
+def test_tissue_jitter_draws_other_contrasts():
+    """The same anatomy and noise draw with a larger tissue spread: contrasts a model never saw."""
+    usual = generate_subject(np.random.default_rng(9), 4.0, "isotropic", lesions=0)
+    unusual = generate_subject(np.random.default_rng(9), 4.0, "isotropic", lesions=0, tissue_jitter=0.2)
+    np.testing.assert_array_equal(usual["brain_mask"], unusual["brain_mask"])
+    wm, gm = usual["wm"] > 0.9, usual["gm"] > 0.9
+    ratio = [np.median(s["t2"][gm]) / np.median(s["t2"][wm]) for s in (usual, unusual)]
+    assert abs(ratio[0] - ratio[1]) > 0.02
+
+
 def test_dataset_is_reproducible_and_extends_with_more_subjects(dataset, tmp_path):
     smaller = generate_dataset(tmp_path / "again", subjects=2, seed=11, spacing=SPACING)
     for case, original in zip(smaller, dataset):
@@ -152,7 +162,8 @@ def test_refuses_to_overwrite_an_existing_case(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(subjects=0, seed=0), dict(subjects=1, seed=-1), dict(subjects=1, seed=0, spacing=0.1)],
+    [dict(subjects=0, seed=0), dict(subjects=1, seed=-1), dict(subjects=1, seed=0, spacing=0.1),
+     dict(subjects=1, seed=0, tissue_jitter=0.5)],
 )
 def test_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(DataError):

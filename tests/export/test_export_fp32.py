@@ -84,11 +84,11 @@ def test_one_graph_answers_every_task(fp32_bundle, tiny_model, phantom_data):
         tgt = np.array([[vocab.index(t) for t in targets]], np.int64)
         avail = np.array([[float(s is not None) for s in sources]], np.float32)
         feeds = {"x": x, "src": src, "tgt": tgt, "avail": avail}
-        images, confidence = session.run(["images", "confidence"], feeds)
+        images, scale = session.run(["images", "scale"], feeds)
         with torch.inference_mode():
             ref = model(*(torch.from_numpy(feeds[k]) for k in ("x", "src", "tgt", "avail")))
         parity = verify.fp32_parity(
-            {"images": ref[0].numpy(), "confidence": ref[1].numpy()}, {"images": images, "confidence": confidence}
+            {"images": ref[0].numpy(), "scale": ref[1].numpy()}, {"images": images, "scale": scale}
         )
         assert parity["passed"], (sources, targets, parity)
         results[(sources, targets)] = images

@@ -27,7 +27,7 @@ def test_fixed_batch_shapes_are_numbers():
         "tgt": ("int64", [3, 4]),
         "avail": ("float32", [3, 2]),
         "images": ("float32", [3, 4, 64, 64]),
-        "confidence": ("float32", [3, 4, 64, 64]),
+        "scale": ("float32", [3, 4, 64, 64]),
     }
 
 

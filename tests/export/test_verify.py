@@ -5,10 +5,11 @@ import pytest
 
 from medk2n.errors import ExportError
 from medk2n.export import verify
+from medk2n.export.calibration import SampleSet
 
 
-def _outputs(images, confidence=None):
-    return {"images": images, "confidence": images if confidence is None else confidence}
+def _outputs(images, scale=None):
+    return {"images": images, "scale": images if scale is None else scale}
 
 
 def test_psnr_known_value_and_cap():
@@ -43,10 +44,34 @@ def test_fp32_parity_tolerates_isolated_selection_flips_only():
     assert result["images"]["max_abs"] == pytest.approx(2e-3, rel=1e-3)
 
 
+def _samples(shape=(1, 8, 8)) -> SampleSet:
+    return SampleSet(feeds={}, target=np.zeros((shape[0], 1, *shape[1:]), np.float32), brain=np.ones(shape, bool))
+
+
 def test_fp16_parity_gates_on_psnr():
-    ref = np.full((1, 1, 8, 8), 0.5, np.float32)
-    assert verify.fp16_parity(_outputs(ref), _outputs(ref + 1e-3))["passed"]  # 60 dB
-    assert not verify.fp16_parity(_outputs(ref), _outputs(ref + 0.05))["passed"]  # 26 dB
+    ref = np.linspace(0.2, 0.8, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    assert verify.fp16_parity(_outputs(ref), _outputs(ref + 1e-3), _samples())["passed"]  # 60 dB
+    assert not verify.fp16_parity(_outputs(ref), _outputs(ref + 0.05), _samples())["passed"]  # 26 dB
+
+
+def test_fp16_and_int8_gates_cover_the_scale_ranking():
+    """A precision that scrambles which voxels the scale marks as least reliable fails its gate."""
+    ref = np.linspace(0.2, 0.8, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    scrambled = np.random.default_rng(0).permutation(ref.ravel()).reshape(ref.shape)
+    kept = verify.fp16_parity(_outputs(ref), _outputs(ref, ref * 1.3), _samples())  # rescaled: same ranking
+    assert kept["passed"] and kept["scale_agreement"]["spearman"] == pytest.approx(1.0)
+    lost = verify.fp16_parity(_outputs(ref), _outputs(ref, scrambled), _samples())
+    assert not lost["passed"] and lost["scale_agreement"]["spearman"] < verify.SCALE_MIN_SPEARMAN
+    scale = verify.scale_agreement(_outputs(ref), _outputs(ref, scrambled), _samples())
+    assert not verify.int8_drop(30.0, 29.9, scale)["passed"]
+
+
+def test_a_nearly_flat_scale_passes_on_its_values_not_its_ranks():
+    """An untrained scale is flat to 1e-4: rounding reorders its ties, which says nothing."""
+    flat = 0.05 + 1e-6 * np.random.default_rng(1).random((1, 1, 8, 8)).astype(np.float32)
+    jittered = flat + 1e-6 * np.random.default_rng(2).random(flat.shape).astype(np.float32)
+    result = verify.scale_agreement(_outputs(flat), _outputs(flat, jittered), _samples())
+    assert result["spearman"] < verify.SCALE_MIN_SPEARMAN and result["passed"]
 
 
 def test_int8_drop():
@@ -64,8 +89,8 @@ def test_gate_refuses_unless_forced():
 
 
 def test_check_finite_names_output():
-    with pytest.raises(ExportError, match="'confidence' has 1 NaN/Inf"):
-        verify.check_finite({"images": np.zeros(3), "confidence": np.array([0.0, np.inf])}, "model.fp16.onnx")
+    with pytest.raises(ExportError, match="'scale' has 1 NaN/Inf"):
+        verify.check_finite({"images": np.zeros(3), "scale": np.array([0.0, np.inf])}, "model.fp16.onnx")
 
 
 def test_figure_rounds_to_six_significant_digits():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from medk2n.config import DEFAULT_MODALITIES
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
 from medk2n.losses.image import gradient_l1, histogram_l1, masked_l1, ssim
-from medk2n.losses.quality import quality_loss
+from medk2n.losses.quality import laplace_nll, quality_loss
 from medk2n.models.output import K2NOutput
 
 
@@ -94,24 +94,49 @@ def test_training_ssim_map_is_the_evaluation_ssim():
 def _output(candidates, quality, images=None, state_error=None) -> K2NOutput:
     b, n = candidates.shape[:2]
     return K2NOutput(
-        images=candidates[:, :, 0] if images is None else images, confidence=torch.ones_like(candidates[:, :, 0]),
+        images=candidates[:, :, 0] if images is None else images, scale=torch.ones_like(candidates[:, :, 0]),
         candidates=candidates, quality=quality, src=torch.zeros(b, 1, dtype=torch.long),
         tgt=torch.zeros(b, n, dtype=torch.long), avail=torch.ones(b, 1), state_error=state_error,
     )
 
 
-def test_quality_loss_regresses_the_detached_real_error():
+def test_laplace_likelihood_is_minimised_by_the_expected_absolute_error():
+    """|r|/b + log b over many residuals is smallest at b = mean |r|, the L1-matched scale."""
+    residual = torch.randn(20000, generator=torch.Generator().manual_seed(0)) * 0.1
+    weight = torch.ones_like(residual)
+    best = residual.abs().mean()
+    at_best = laplace_nll(best.expand_as(residual), residual, weight)
+    for factor in (0.5, 0.8, 1.25, 2.0):
+        assert laplace_nll((best * factor).expand_as(residual), residual, weight) > at_best
+
+
+def test_quality_loss_fits_the_scale_to_the_detached_real_error():
     target = _smooth(1)
     candidates = torch.stack([_smooth(2), _smooth(3)], dim=2).requires_grad_(True)
-    real = (candidates - target.unsqueeze(2)).abs().detach()
+    real = (candidates - target.unsqueeze(2)).abs().detach().clamp_min(1e-4)
     valid = torch.ones(1, 2)
     exact = quality_loss(_output(candidates, real.clone()), target, valid)
-    assert exact.item() == pytest.approx(0.0, abs=1e-7)
-    quality = torch.zeros_like(real, requires_grad=True)
-    wrong = quality_loss(_output(candidates, quality), target, valid)
-    assert wrong.item() == pytest.approx(real.mean().item(), rel=1e-5)
-    wrong.backward()
+    assert exact.item() == pytest.approx((1 + torch.log(real)).mean().item(), rel=1e-4)
+    quality = torch.full_like(real, 0.05, requires_grad=True)
+    constant = quality_loss(_output(candidates, quality), target, valid)
+    assert constant.item() > exact.item()  # a flat scale fits worse than the true per-pixel error
+    constant.backward()
     assert quality.grad.abs().sum() > 0 and candidates.grad is None  # observes, never steers
+
+
+def test_quality_loss_ignores_pixels_outside_the_mask():
+    """Over the air the synthesis is blanked: the scale must not spend itself fitting what it paints there."""
+    target = _smooth(1)
+    candidates = torch.stack([_smooth(2), _smooth(3)], dim=2)
+    real = (candidates - target.unsqueeze(2)).abs().clamp_min(1e-4)
+    mask = torch.zeros_like(target)
+    mask[..., :16, :] = 1.0
+    quality = real.clone().requires_grad_(True)
+    outside = quality.detach().clone()
+    outside[..., 16:, :] = 123.0  # absurd outside the mask
+    inside_only = quality_loss(_output(candidates, outside), target, torch.ones(1, 2), mask)
+    everywhere = quality_loss(_output(candidates, quality), target, torch.ones(1, 2), mask)
+    assert inside_only.item() == pytest.approx(everywhere.item(), rel=1e-6)
 
 
 def test_quality_loss_covers_the_fusion_estimate_on_its_grid():
@@ -119,11 +144,10 @@ def test_quality_loss_covers_the_fusion_estimate_on_its_grid():
     images = _smooth(2)
     pooled = F.avg_pool2d((images - target).abs(), 8)
     candidates = images.unsqueeze(2)
-    real = (candidates - target.unsqueeze(2)).abs()
+    real = (candidates - target.unsqueeze(2)).abs().clamp_min(1e-4)
     exact = quality_loss(_output(candidates, real, images, state_error=pooled), target, torch.ones(1, 2))
-    assert exact.item() == pytest.approx(0.0, abs=1e-6)
     off = quality_loss(_output(candidates, real, images, state_error=pooled + 0.1), target, torch.ones(1, 2))
-    assert off.item() == pytest.approx(0.1, abs=1e-5)
+    assert off.item() - exact.item() == pytest.approx(0.1, abs=1e-5)
 
 
 def test_cmim_contrastive_prefers_the_correct_modality_text():

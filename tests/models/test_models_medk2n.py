@@ -26,9 +26,9 @@ def test_shapes_ranges_and_modules_per_ablation(make_model, make_inputs, ablatio
     model = make_model(ablation=ablation)
     x, src, tgt = make_inputs(b=2, k=2, n=3)
     out = model.forward_detailed(x, src, tgt)
-    assert out.images.shape == out.confidence.shape == (2, 3, 64, 64)
+    assert out.images.shape == out.scale.shape == (2, 3, 64, 64)
     assert out.candidates.shape == out.quality.shape == (2, 3, 2, 64, 64)
-    assert _in_unit_interval(out.images) and _in_unit_interval(out.confidence) and _in_unit_interval(out.quality)
+    assert _in_unit_interval(out.images) and bool((out.scale > 0).all()) and bool((out.quality > 0).all())
     assert set(out.gates) == EXPECTED_GATES[ablation]
     switches = ABLATIONS[ablation]
     assert (model.fusion is None) == (not switches["task_memory"])
@@ -48,9 +48,9 @@ def test_shapes_ranges_and_modules_per_ablation(make_model, make_inputs, ablatio
         torch.testing.assert_close(out.image_embed.norm(dim=-1), torch.ones(2, 3))
     model.eval()
     with torch.no_grad():
-        images, confidence = model(x, src, tgt)
-    assert images.shape == confidence.shape == (2, 3, 64, 64)
-    assert _in_unit_interval(images) and _in_unit_interval(confidence)
+        images, scale = model(x, src, tgt)
+    assert images.shape == scale.shape == (2, 3, 64, 64)
+    assert _in_unit_interval(images) and bool((scale > 0).all())
 
 
 @pytest.mark.parametrize("k,n", [(1, 1), (3, 2)])
@@ -145,7 +145,7 @@ def test_eval_is_deterministic_with_hard_gates(make_model, make_inputs):
     with torch.no_grad():
         first = model.forward_detailed(x, src, tgt)
         second = model.forward_detailed(x, src, tgt)
-    assert torch.equal(first.images, second.images) and torch.equal(first.confidence, second.confidence)
+    assert torch.equal(first.images, second.images) and torch.equal(first.scale, second.scale)
     accept = first.gates["accept"]
     assert bool(((accept == 0) | (accept == 1)).all())
 

@@ -34,7 +34,7 @@ def test_onnx_export_matches_pytorch(make_model, make_inputs, tmp_path, arch):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (x, src, tgt, avail), str(path), dynamo=True, opset_version=18, external_data=False,
-            input_names=["x", "src", "tgt", "avail"], output_names=["images", "confidence"],
+            input_names=["x", "src", "tgt", "avail"], output_names=["images", "scale"],
         )
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)

@@ -10,16 +10,16 @@ def test_shapes_ranges_and_detailed_output(make_model, make_inputs):
     model = make_model(arch="unet")
     x, src, tgt = make_inputs(b=2, k=3, n=2)
     out = model.forward_detailed(x, src, tgt)
-    assert out.images.shape == out.confidence.shape == (2, 2, 64, 64)
+    assert out.images.shape == out.scale.shape == (2, 2, 64, 64)
     assert out.candidates.shape == out.quality.shape == (2, 2, 1, 64, 64)
     assert out.gates == {} and out.image_embed is None and out.state_error is None
-    for t in (out.images, out.confidence, out.quality):
-        assert bool(((t >= 0) & (t <= 1)).all())
+    assert bool(((out.images >= 0) & (out.images <= 1)).all())
+    assert bool((out.scale > 0).all()) and torch.equal(out.scale, out.quality[:, :, 0])
     model.eval()
     model.merge_lora()  # a no-op, so export treats both architectures alike
     with torch.no_grad():
-        images, confidence = model(x, src, tgt)
-    assert images.shape == confidence.shape == (2, 2, 64, 64)
+        images, scale = model(x, src, tgt)
+    assert images.shape == scale.shape == (2, 2, 64, 64)
 
 
 def test_gradients_reach_every_layer(make_model, make_inputs):

@@ -5,10 +5,13 @@ every output voxel from the input volumes and check the whole chain
 (read -> preprocess -> batch -> infer -> restore -> write):
 
     images[b, n]     = gain[tgt[b, n]] * sum_k w[src[b, k]] avail[b, k] x[b, k] / sum_k w[src[b, k]] avail[b, k]
-    confidence[b, n] = sum_k avail[b, k] / K
+    scale[b, n]      = sum_k avail[b, k] / K
 
 with w[id] = 1 + id and gain[id] = 1 - 0.1 id. Sources use "range"
-normalisation (0..1000) so their model-space values are known exactly.
+normalisation (0..1000) so their model-space values are known exactly. The
+manifest carries a conformal calibration whose quantile at level c is
+QUANTILE_SLOPE * c, so a half-width is predictable too; `legacy=True` writes a
+bundle as exported before the scale output (a "confidence" output, no calibration).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from medk2n.manifest import Manifest, ModelFile, TensorSpec, hash_bundle_files
+from medk2n.runtime.uncertainty import LEVELS
 
 MODALITIES = ["t1", "t2", "flair", "dwi", "adc"]
 NORMS = {
@@ -33,6 +37,12 @@ NORMS = {
     "adc": {"kind": "range", "low": 0.0, "high": 4000.0},
 }
 SHAPE = (23, 19, 11)
+QUANTILE_SLOPE = 2.0
+
+
+def calibration(targets: list[str] = MODALITIES) -> dict:
+    table = {t: [QUANTILE_SLOPE * level for level in LEVELS] for t in targets}
+    return {"method": "test", "levels": list(LEVELS), "quantiles": {"fp32": table}}
 
 
 def source_weight(modality: str) -> float:
@@ -43,7 +53,7 @@ def target_gain(modality: str) -> float:
     return 1.0 - 0.1 * MODALITIES.index(modality)
 
 
-def fake_model(k: int, n: int, size: int, batch: int | str) -> onnx.ModelProto:
+def fake_model(k: int, n: int, size: int, batch: int | str, second: str = "scale") -> onnx.ModelProto:
     vocab = len(MODALITIES)
     weights = helper.make_tensor("w", TensorProto.FLOAT, [vocab], [source_weight(m) for m in MODALITIES])
     gains = helper.make_tensor("gain", TensorProto.FLOAT, [vocab], [target_gain(m) for m in MODALITIES])
@@ -67,7 +77,7 @@ def fake_model(k: int, n: int, size: int, batch: int | str) -> onnx.ModelProto:
         helper.make_node("Div", ["present", "k"], ["frac"]),
         helper.make_node("Unsqueeze", ["frac", "axes_hw"], ["frac4"]),
         helper.make_node("Shape", ["images"], ["out_shape"]),
-        helper.make_node("Expand", ["frac4", "out_shape"], ["confidence"]),
+        helper.make_node("Expand", ["frac4", "out_shape"], [second]),
     ]
     graph = helper.make_graph(
         nodes, "fake_k2n",
@@ -79,7 +89,7 @@ def fake_model(k: int, n: int, size: int, batch: int | str) -> onnx.ModelProto:
         ],
         outputs=[
             helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, n, size, size]),
-            helper.make_tensor_value_info("confidence", TensorProto.FLOAT, [batch, n, size, size]),
+            helper.make_tensor_value_info(second, TensorProto.FLOAT, [batch, n, size, size]),
         ],
         initializer=[weights, gains, *consts],
     )
@@ -90,13 +100,14 @@ def fake_model(k: int, n: int, size: int, batch: int | str) -> onnx.ModelProto:
 
 
 def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dict | None = None,
-                plan: bool = False) -> Path:
+                plan: bool = False, legacy: bool = False, calibrated: bool = True) -> Path:
     """Write model.onnx (+ a dummy model.plan) and a manifest with real sha256 hashes."""
+    second = "confidence" if legacy else "scale"
     batch = batch or {"min": 1, "opt": 4, "max": 8}
     fixed = batch["min"] == batch["max"]
     lead: int | str = batch["min"] if fixed else "batch"
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(fake_model(k, n, size, lead), folder / "model.onnx")
+    onnx.save(fake_model(k, n, size, lead, second), folder / "model.onnx")
     models = [ModelFile(file="model.onnx", format="onnx", precision="fp32")]
     if plan:
         (folder / "model.plan").write_bytes(b"not a real engine")
@@ -108,8 +119,9 @@ def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dic
         inputs=[TensorSpec("x", "float32", [lead, k, size, size]), TensorSpec("src", "int64", [lead, k]),
                 TensorSpec("tgt", "int64", [lead, n]), TensorSpec("avail", "float32", [lead, k])],
         outputs=[TensorSpec("images", "float32", [lead, n, size, size]),
-                 TensorSpec("confidence", "float32", [lead, n, size, size])],
+                 TensorSpec(second, "float32", [lead, n, size, size])],
         batch=dict(batch), files=hash_bundle_files(folder), created="test",
+        uncertainty=calibration() if calibrated and not legacy else {},
     )
     (folder / "manifest.json").write_text(manifest.to_json())
     return folder
@@ -187,15 +199,16 @@ def write_case(folder: Path, kind: str = "iso", modalities: tuple[str, ...] = ("
 
 def expected_outputs(volumes: dict[str, np.ndarray], sources: list[str], targets: list[str], k: int = 2
                      ) -> dict[str, tuple[np.ndarray, float]]:
-    """target -> (expected image in output units, expected confidence) from the fake model's formula."""
+    """target -> (expected image, expected scale), both in output units, from the fake model's formula."""
     weights = [source_weight(m) for m in sources]
     mean = sum(w * np.clip(volumes[m] / 1000.0, 0, 1) for w, m in zip(weights, sources)) / sum(weights)
     out = {}
     for t in targets:
-        image = target_gain(t) * mean
+        image, scale = target_gain(t) * mean, len(sources) / k
         if NORMS[t]["kind"] == "range":
             image = NORMS[t]["low"] + image * (NORMS[t]["high"] - NORMS[t]["low"])
-        out[t] = (image, len(sources) / k)
+            scale = scale * (NORMS[t]["high"] - NORMS[t]["low"])
+        out[t] = (image, scale)
     return out
 
 

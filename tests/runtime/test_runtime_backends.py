@@ -84,7 +84,7 @@ def test_ort_runner_interface(bundle_dir: Path) -> None:
         out = runner.infer(feed())
         assert runner.providers == ["CPUExecutionProvider"]
     assert not runner.is_active
-    assert set(out) == {"images", "confidence"}
+    assert set(out) == {"images", "scale"}
     assert out["images"].shape == (3, 2, 32, 32)
     assert runner.last_inference_time() is not None
     with pytest.raises(RuntimeError, match="outside its `with` block"):

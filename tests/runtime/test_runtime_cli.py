@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from runtime_fixtures import SHAPE, expected_outputs, fields, interior, make_affine, save_nifti, write_case
+from runtime_fixtures import (QUANTILE_SLOPE, SHAPE, expected_outputs, fields, interior, make_affine, make_bundle,
+                              save_nifti, write_case)
 
 from medk2n.runtime.cli import command
 
@@ -49,7 +50,7 @@ def test_outputs_on_the_input_grid(tmp_path: Path, bundle_dir: Path, kind: str) 
     expected = expected_outputs(fields(), ["t2", "flair"], ["dwi", "adc"])
     inner = interior(source.affine, SHAPE)
     for target in ("dwi", "adc"):
-        for suffix in ("", "_confidence"):
+        for suffix in ("", "_uncertainty"):
             img = nib.load(out / case.name / f"{target}{suffix}.nii.gz")
             assert img.shape == SHAPE
             np.testing.assert_allclose(img.affine, source.affine, atol=1e-5)
@@ -57,8 +58,10 @@ def test_outputs_on_the_input_grid(tmp_path: Path, bundle_dir: Path, kind: str) 
             assert img.get_data_dtype() == np.float32
         image = nib.load(out / case.name / f"{target}.nii.gz").get_fdata()
         np.testing.assert_allclose(image[inner], expected[target][0][inner], atol=20.0 if target == "adc" else 5e-3)
-        np.testing.assert_allclose(nib.load(out / case.name / f"{target}_confidence.nii.gz").get_fdata(), 1.0,
-                                   atol=1e-5)
+        # half-width of the 90 % interval: q(0.9) = 1.8 times the scale (2 of 2 sources: 1, times the range)
+        width = QUANTILE_SLOPE * 0.9 * expected[target][1]
+        np.testing.assert_allclose(nib.load(out / case.name / f"{target}_uncertainty.nii.gz").get_fdata(), width,
+                                   rtol=1e-5)
     assert sorted(p.name for p in out.iterdir()) == [case.name]
 
 
@@ -77,7 +80,7 @@ def test_png_and_json_report(tmp_path: Path, bundle_dir: Path) -> None:
     assert case_report["ok"] and case_report["slices"] == SHAPE[2]
     assert set(case_report["timings"]) == {"read", "preprocess", "infer", "postprocess", "write"}
     assert sorted(case_report["outputs"]) == sorted(
-        ["adc.nii.gz", "adc_confidence.nii.gz", "dwi.nii.gz", "dwi_confidence.nii.gz", "montage.png"])
+        ["adc.nii.gz", "adc_uncertainty.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz", "montage.png"])
 
 
 def test_montage_layout(tmp_path: Path, bundle_dir: Path) -> None:
@@ -86,7 +89,7 @@ def test_montage_layout(tmp_path: Path, bundle_dir: Path) -> None:
     result = run(*synth_args(bundle_dir, case, out=tmp_path / "out", targets="adc"), "--png")
     assert result.exit_code == 0, result.output
     image = np.asarray(pil.open(tmp_path / "out" / "case001" / "montage.png"))
-    assert image.shape == (3 * 32 + 2 * 2, 2 * 32 + 2)  # rows: 2 sources / 1 synthesis / 1 confidence
+    assert image.shape == (3 * 32 + 2 * 2, 2 * 32 + 2)  # rows: 2 sources / 1 synthesis / 1 predicted error
     assert image[:32, :32].max() > 0 and image[34:66, 34:].max() == 0  # no second synthesis tile
 
 
@@ -175,7 +178,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path, bundle_dir: Pa
     result = run(*synth_args(bundle_dir, case, out=out), "--overwrite")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (out / "case001").iterdir()) == [
-        "adc.nii.gz", "adc_confidence.nii.gz", "dwi.nii.gz", "dwi_confidence.nii.gz"]
+        "adc.nii.gz", "adc_uncertainty.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]
     assert sorted(p.name for p in out.iterdir()) == ["case001"]
 
 
@@ -222,3 +225,38 @@ def test_gz_case_names_are_case_insensitive(tmp_path: Path, bundle_dir: Path) ->
     (case / "flair.nii.gz").unlink()
     result = run(*synth_args(bundle_dir, case, out=tmp_path / "out", targets="adc"))
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("coverage", ["0", "1", "1.5", "-0.2"])
+def test_coverage_outside_zero_one_is_a_one_line_error(tmp_path: Path, bundle_dir: Path, coverage: str) -> None:
+    case = write_case(tmp_path / "case001")
+    result = run(*synth_args(bundle_dir, case, out=tmp_path / "out"), "--coverage", coverage)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: --coverage {float(coverage):g}: must be strictly "
+                                                  "between 0 and 1 (e.g. 0.9 for 90 %)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_without_calibration_says_so_once(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "legacy", legacy=True)
+    cases = [write_case(tmp_path / name) for name in ("case001", "case002")]
+    result = run(str(folder), *map(str, cases), "--sources", "t2,flair", "--targets", "dwi",
+                 "--out", str(tmp_path / "out"), "--backend", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("note:") == 1 and "predates" in result.stderr
+    for case in cases:
+        assert [p.name for p in (tmp_path / "out" / case.name).iterdir()] == ["dwi.nii.gz"]
+
+
+def test_a_target_without_calibration_gets_no_map_and_one_note(tmp_path: Path) -> None:
+    from runtime_fixtures import calibration, edit_manifest
+
+    folder = make_bundle(tmp_path / "partial")
+    edit_manifest(folder, uncertainty=calibration(targets=["dwi"]))
+    case = write_case(tmp_path / "case001")
+    result = run(*synth_args(folder, case, out=tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().splitlines() == ["note: no conformal calibration for adc in this bundle: "
+                                                  "no uncertainty map for it"]
+    assert sorted(p.name for p in (tmp_path / "out" / "case001").iterdir()) == [
+        "adc.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]

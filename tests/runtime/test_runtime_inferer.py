@@ -11,7 +11,7 @@ from medk2n.runtime.runners import Runner
 
 
 class RecordingRunner(Runner):
-    """images[b, n] = x[b, 0] + tgt[b, n]; confidence[b, n] = avail[b].sum(); records batch sizes."""
+    """images[b, n] = x[b, 0] + tgt[b, n]; scale[b, n] = avail[b].sum(); records batch sizes."""
 
     def __init__(self, nan: bool = False) -> None:
         super().__init__("recording")
@@ -26,10 +26,10 @@ class RecordingRunner(Runner):
         x, tgt, avail = feed["x"], feed["tgt"], feed["avail"]
         self.batches.append(len(x))
         images = x[:, :1] + tgt[:, :, None, None].astype(np.float32)
-        confidence = np.broadcast_to(avail.sum(1)[:, None, None, None], images.shape).copy()
+        scale = np.broadcast_to(avail.sum(1)[:, None, None, None], images.shape).copy()
         if self.nan:
             images[0, 0, 0, 0] = np.nan
-        return {"images": images, "confidence": confidence}
+        return {"images": images, "scale": scale}
 
 
 def slices(n: int = 7) -> list[np.ndarray]:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fixtures import (NORMS, SHAPE, edit_manifest, expected_outputs, fields, interior, make_affine,
-                              make_bundle, write_case)
+import nibabel as nib
+from runtime_fixtures import (NORMS, QUANTILE_SLOPE, SHAPE, edit_manifest, expected_outputs, fields, interior,
+                              make_affine, make_bundle, write_case)
 
 from medk2n.config import STANDARD_PERCENTILES
 from medk2n.data.mask import grow_2d
-from medk2n.data.standardize import standardize
+from medk2n.data.standardize import standardize, standardize_slope
 from medk2n.data.nifti import VolumeInfo
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.bundle import load_bundle
@@ -30,12 +31,12 @@ def synth(bundle_dir: Path) -> Synthesizer:
 def check(outputs: dict, volumes: dict, sources: list[str], targets: list[str], affine: np.ndarray) -> None:
     assert list(outputs) == targets
     inner = interior(affine, SHAPE)
-    for target, (expected, conf_value) in expected_outputs(volumes, sources, targets).items():
-        image, confidence = outputs[target]
-        assert image.shape == confidence.shape == SHAPE and image.dtype == np.float32
+    for target, (expected, scale_value) in expected_outputs(volumes, sources, targets).items():
+        image, scale = outputs[target]
+        assert image.shape == scale.shape == SHAPE and image.dtype == scale.dtype == np.float32
         tol = ADC_TOL if target == "adc" else UNIT_TOL
         np.testing.assert_allclose(image[inner], expected[inner], atol=tol)
-        np.testing.assert_allclose(confidence, conf_value, atol=1e-5)
+        np.testing.assert_allclose(scale, scale_value, rtol=1e-5)  # range targets: times their range
 
 
 @pytest.mark.parametrize("kind", ["iso", "aniso", "lps", "oblique", "sagittal"])
@@ -59,7 +60,7 @@ def test_fewer_sources_than_k_marks_slots_absent(synth: Synthesizer) -> None:
     volumes = fields()
     info = volume_info(SHAPE, make_affine("aniso"), "t1")
     out = synth.run({"T1W": (volumes["t1"], info)}, ["t1w"], ["dwi", "adc"])  # aliases resolve
-    check(out, volumes, ["t1"], ["dwi", "adc"], make_affine("aniso"))  # confidence 1/2
+    check(out, volumes, ["t1"], ["dwi", "adc"], make_affine("aniso"))  # scale 1/2
 
 
 def test_fixed_batch_bundle_gives_the_same_result(synth: Synthesizer, fixed_bundle_dir: Path) -> None:
@@ -75,9 +76,9 @@ def test_slices_without_brain_are_zero(synth: Synthesizer) -> None:
     for v in volumes.values():
         v[:, :, 8:] = 0  # no head in the top three slices
     out = synth.run(volumes, ["t2", "flair"], ["dwi", "adc"])
-    for image, confidence in out.values():
-        assert np.all(image[:, :, 8:] == 0) and np.all(confidence[:, :, 8:] == 0)
-        assert np.all(confidence[:, :, :8] > 0.9)
+    for image, scale in out.values():
+        assert np.all(image[:, :, 8:] == 0) and np.all(scale[:, :, 8:] == 0)
+        assert np.all(scale[:, :, :8] > 0.9)
 
 
 @pytest.mark.parametrize("sources, targets, error, message", [
@@ -140,7 +141,10 @@ def test_run_case_writes_a_whole_folder_or_nothing(tmp_path: Path, synth: Synthe
     report = synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out", png=True)
     assert report.ok and report.slices == SHAPE[2]
     assert sorted(p.name for p in (tmp_path / "out" / "case9").iterdir()) == [
-        "adc.nii.gz", "adc_confidence.nii.gz", "montage.png"]
+        "adc.nii.gz", "adc_uncertainty.nii.gz", "montage.png"]
+    # half-width = q(0.9) * scale, in ADC's physical units: 1.8 * (2 of 2 sources present) * 4000
+    width = nib.load(tmp_path / "out" / "case9" / "adc_uncertainty.nii.gz").get_fdata()
+    np.testing.assert_allclose(width, QUANTILE_SLOPE * 0.9 * 1.0 * 4000.0, rtol=1e-5)
     with pytest.raises(DataError, match="already exists"):
         synth.run_case(case, ["t2", "flair"], ["adc"], tmp_path / "out")
     (case / "flair.nii.gz").unlink()
@@ -168,12 +172,13 @@ def test_background_outside_the_grown_head_is_zero(bundle_dir: Path) -> None:
         request = synth.request(["t2", "flair"], ["dwi"])
         prepared = synth.prepare(as_volumes(volumes, make_affine("iso"), "air"), request)
         synth.inferer = haze_everywhere(synth)
-        images, confidence = synth.infer(prepared, request)
+        images, scale = synth.infer(prepared, request)
     kept = grow_2d(prepared.brain, 1)
     assert (kept & ~prepared.brain).any() and not kept.all()
     np.testing.assert_array_equal(images[0][kept], 0.5)  # the head and a one-pixel margin
     np.testing.assert_array_equal(images[0][~kept], 0.0)  # the air beyond
-    assert np.all(confidence == 1.0)
+    np.testing.assert_array_equal(scale[0][kept], 1.0)  # the predicted error follows the image:
+    np.testing.assert_array_equal(scale[0][~kept], 0.0)  # none where nothing is synthesised
 
 
 def test_tissue_outside_the_head_mask_is_not_blanked(bundle_dir: Path) -> None:
@@ -205,7 +210,10 @@ def test_targets_with_a_standard_scale_are_standardised_inside_the_head(tmp_path
     np.testing.assert_allclose(out["dwi"][0], standardize(raw["dwi"][0], head, skewed), atol=1e-6)
     np.testing.assert_allclose(np.percentile(out["dwi"][0][head], STANDARD_PERCENTILES), skewed, atol=0.03)
     np.testing.assert_array_equal(out["adc"][0], raw["adc"][0])  # physical units are never remapped
-    np.testing.assert_array_equal(out["dwi"][1], raw["dwi"][1])  # nor is the confidence map
+    np.testing.assert_array_equal(out["adc"][1], raw["adc"][1])
+    # the scale follows the standardisation's mean slope (1 / span of the synthesis' own landmarks)
+    np.testing.assert_allclose(out["dwi"][1], raw["dwi"][1] * standardize_slope(raw["dwi"][0], head), rtol=1e-6)
+    assert standardize_slope(raw["dwi"][0], head) > 1.0  # a synthesis narrower than [0, 1] is stretched
 
 
 def test_a_model_trained_for_fixed_roles_refuses_others(tmp_path: Path) -> None:
@@ -218,3 +226,40 @@ def test_a_model_trained_for_fixed_roles_refuses_others(tmp_path: Path) -> None:
             synth.request(["t1"], ["dwi"], name="c")
         with pytest.raises(BundleError, match="'adc' cannot be one of the targets"):
             synth.request(["t2"], ["dwi", "adc"], name="c")
+
+
+def test_coverage_sets_the_half_width_and_must_be_a_probability(bundle_dir: Path) -> None:
+    volumes = {m: v for m, v in fields().items() if m != "t1"}
+    widths = {}
+    for coverage in (0.5, 0.9, 0.99):
+        with Synthesizer(bundle_dir, backend="cpu", threads=1, coverage=coverage) as synth:
+            image, scale = synth.run(volumes, ["t2", "flair"], ["adc"])["adc"]
+            widths[coverage] = synth.halfwidth("adc", scale)
+        np.testing.assert_allclose(widths[coverage], QUANTILE_SLOPE * coverage * scale, rtol=1e-5)
+    assert widths[0.5].max() < widths[0.9].max() < widths[0.99].max()
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(DataError, match="--coverage .*between 0 and 1"):
+            Synthesizer(bundle_dir, backend="cpu", coverage=bad)
+    with pytest.raises(DataError, match="calibrated only from"):
+        Synthesizer(bundle_dir, backend="cpu", coverage=0.9999)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "uncalibrated"])
+def test_bundles_without_calibration_write_images_only(tmp_path: Path, kind: str) -> None:
+    folder = make_bundle(tmp_path / kind, legacy=kind == "legacy", calibrated=False)
+    case = write_case(tmp_path / "case3")
+    with Synthesizer(folder, backend="cpu", threads=1) as synth:
+        assert synth.uncertainty_note and ("predates" if kind == "legacy" else "no conformal") in synth.uncertainty_note
+        report = synth.run_case(case, ["t2", "flair"], ["dwi", "adc"], tmp_path / "out")
+    assert report.ok and sorted(report.outputs) == ["adc.nii.gz", "dwi.nii.gz"]
+
+
+def test_a_calibration_the_runtime_could_misread_is_refused(tmp_path: Path) -> None:
+    from runtime_fixtures import calibration
+
+    folder = make_bundle(tmp_path / "bad")
+    broken = calibration()
+    broken["quantiles"]["fp32"]["dwi"] = broken["quantiles"]["fp32"]["dwi"][::-1]  # decreasing
+    edit_manifest(folder, uncertainty=broken)
+    with pytest.raises(BundleError, match="bad uncertainty calibration: fp32/dwi: quantiles must not decrease"):
+        load_bundle(folder)
