@@ -42,7 +42,7 @@ DEMO_SPACING ?= 3
 DEMO_STEPS ?= 2200
 DEMO_BUDGET_MIN ?= 15
 # 16 training subjects, not 8: on subjects no choice was made on, the model trained on 8
-# lost DWI to copying FLAIR in all three seeds (README, Results). The test subjects come
+# lost DWI to copying FLAIR in all three seeds (docs/experiments.md). The test subjects come
 # from a seed no recipe choice was ever judged on (choices used seeds 1000 and 2000).
 DEMO_TRAIN_SUBJECTS ?= 16
 DEMO_TEST_SUBJECTS ?= 6

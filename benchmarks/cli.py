@@ -116,20 +116,24 @@ def demo(metrics: Path, out: Path, debug: bool) -> None:
 @cli.command()
 @click.option("--results", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--readme", type=click.Path(path_type=Path, dir_okay=False), default=Path("README.md"),
-              show_default=True)
-@click.option("--check", is_flag=True, help="Change nothing; exit 1 when the README is out of date.")
+              show_default=True, help="Gets the compact block: the demo table and a link to --results-doc.")
+@click.option("--results-doc", type=click.Path(path_type=Path, dir_okay=False), default=Path("docs/results.md"),
+              show_default=True, help="Gets the full block: demo, latency and quality.")
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 when either file is out of date.")
 @debug_option
-def readme(results: Path, readme: Path, check: bool, debug: bool) -> None:
-    """Regenerate the README between <!-- BEGIN RESULTS --> and <!-- END RESULTS --> from the results."""
+def readme(results: Path, readme: Path, results_doc: Path, check: bool, debug: bool) -> None:
+    """Regenerate README and results page between <!-- BEGIN RESULTS --> and <!-- END RESULTS --> from the results."""
 
     def body() -> int:
-        from medk2n.benchmarks.readme import update_readme
+        from medk2n.benchmarks.readme import update_all
 
-        changed = update_readme(results, readme, check=check)
+        changed = update_all(results, readme, results_doc, check=check)
         if check and changed:
-            click.echo(f"{readme}: results section is out of date; run `medk2n-bench readme`", err=True)
+            for path in changed:
+                click.echo(f"{path}: results section is out of date; run `medk2n-bench readme`", err=True)
             return 1
-        click.echo(f"{readme}: {'updated' if changed else 'up to date'}")
+        for path in (readme, results_doc):
+            click.echo(f"{path}: {'updated' if path in changed else 'up to date'}")
         return 0
 
     run_cli(body, debug)

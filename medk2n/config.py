@@ -193,7 +193,7 @@ class TrainConfig:
     # Targets whose synthesis is histogram-standardised (data/standardize.py) onto the standard
     # scale of the training subjects' acquisitions, fitted before step 1 and stored in the
     # modality's normalisation. Off by default: it helps contrasts whose histogram has one layout
-    # in every subject and can hurt one shaped by pathology (README, Results: DWI).
+    # in every subject and can hurt one shaped by pathology (docs/experiments.md: DWI).
     standardize_outputs: list[str] = field(default_factory=list)
     # The roles training draws modalities in: `sources` are the contrasts a site acquires,
     # `targets` the ones it needs (empty = every modality of the vocabulary, the general K->N

@@ -27,3 +27,14 @@ class BundleError(MedK2NError):
 
 class ExportError(MedK2NError):
     """Export failed a check (parity, accuracy) or a tool is missing."""
+
+
+class RunFault(MedK2NError):
+    """A fault that no later case can escape (disk full, output not writable): the run stops here.
+
+    `reports` holds what the run finished before it, so a summary can still be written.
+    """
+
+    def __init__(self, message: str, reports: list | None = None) -> None:
+        super().__init__(message)
+        self.reports = reports or []

@@ -18,6 +18,8 @@ from medk2n.cli_util import debug_option, run_cli
 from medk2n.runtime.backends import BACKENDS, PRECISIONS
 from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
 from medk2n.runtime.synthesizer import Synthesizer
+from medk2n.data.nifti import MAX_VOXELS
+from medk2n.errors import RunFault
 from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
 
 
@@ -43,6 +45,8 @@ def _names(text: str) -> list[str]:
               help="Resample every source onto this modality's grid (outputs are written on it).")
 @click.option("--coverage", type=float, default=DEFAULT_COVERAGE, show_default=True,
               help="Coverage of the per-voxel intervals written as <target>_uncertainty.nii.gz (half-widths).")
+@click.option("--max-voxels", type=click.IntRange(min=1), default=MAX_VOXELS, show_default=True,
+              help="Refuse volumes larger than this (checked on the header, before anything is allocated).")
 @click.option("--overwrite", is_flag=True, help="Replace existing OUT/<case> folders.")
 @click.option("--png", is_flag=True, help="Also write OUT/<case>/montage.png (middle axial slice).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -50,13 +54,13 @@ def _names(text: str) -> list[str]:
 @debug_option
 def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: str, out_dir: Path, backend: str,
             precision: str | None, batch_size: int | None, threads: int | None, reference: str | None,
-            coverage: float, overwrite: bool, png: bool, json_path: Path | None, debug: bool) -> None:
+            coverage: float, max_voxels: int, overwrite: bool, png: bool, json_path: Path | None, debug: bool) -> None:
     """Synthesise TARGETS from SOURCES for each CASE_DIR with the bundle at BUNDLE."""
 
     def body() -> int:
         start = time.perf_counter()
         with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
-                         batch_size=batch_size, coverage=coverage) as synth:
+                         batch_size=batch_size, coverage=coverage, max_voxels=max_voxels) as synth:
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
             if synth.uncertainty_note:
                 click.echo(f"note: {synth.uncertainty_note}", err=True)
@@ -66,9 +70,14 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: st
                 if missing:
                     click.echo(f"note: no conformal calibration for {', '.join(missing)} in this bundle: "
                                "no uncertainty map for it", err=True)
-            reports = run_cases(synth, case_dirs, _names(sources), _names(targets), out_dir, reference=reference,
-                                overwrite=overwrite, png=png, show_progress=True, raise_errors=debug,
-                                on_case=_echo_case)
+            try:
+                reports = run_cases(synth, case_dirs, _names(sources), _names(targets), out_dir,
+                                    reference=reference, overwrite=overwrite, png=png, show_progress=True,
+                                    raise_errors=debug, on_case=_echo_case)
+            except RunFault as fault:
+                if json_path is not None:
+                    write_run_json(json_path, synth, fault.reports, time.perf_counter() - start, str(fault))
+                raise
             if json_path is not None:
                 write_run_json(json_path, synth, reports, time.perf_counter() - start)
         failed = [r.name for r in reports if not r.ok]

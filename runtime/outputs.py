@@ -5,10 +5,17 @@ OUT/<case> only when every file is there, so a failed or interrupted case
 leaves nothing behind. An existing OUT/<case> is refused unless the user
 says `--overwrite`, and even then a folder that holds the inputs or the
 bundle is never replaced: nothing a user gave is ever lost.
+
+Publication is exclusive: the existence check and the rename happen under an
+advisory lock on OUT itself (flock on the directory, no lock file left
+behind), so two runs writing into one OUT cannot both pass the check; the
+later one finds the folder and refuses, unless it was given `--overwrite`.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -16,8 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from medk2n.errors import DataError
+from medk2n.errors import DataError, RunFault
 from medk2n.fsutil import make_temp_dir
+
+# OS errors after which no other case can be written either: the run stops instead of failing each case.
+RUN_FAULT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def check_output_free(final: Path, overwrite: bool) -> None:
@@ -44,10 +54,36 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
     tmp = make_temp_dir(out_dir, name, ".partial")
     try:
         yield tmp
-        _replace_dir(tmp, final)
+        with publish_lock(out_dir):
+            if final.exists() and not overwrite:
+                raise DataError(f"{final}: output folder appeared while this run worked on it (another run "
+                                "writing to the same --out?); kept it, pass --overwrite to replace it")
+            _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_writable(out_dir: Path) -> None:
+    """Before any work: OUT can be created and written (a whole-run fault, one line naming it)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = make_temp_dir(out_dir, "write-check")
+        probe.rmdir()
+    except OSError as exc:
+        raise RunFault(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def publish_lock(out_dir: Path) -> Iterator[None]:
+    """Exclusive advisory lock on the OUT folder for the check-and-rename of one case."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

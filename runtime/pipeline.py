@@ -5,7 +5,10 @@ postprocess and write (in `finish_stage`). With several cases a one-worker
 thread reads and preprocesses the next case while the current one is in
 the model (a one-deep prefetch queue); numpy and ONNX Runtime release the
 GIL for their heavy parts. A failed case becomes a report with its error and
-leaves no output; the others go on.
+leaves no output; the others go on: bad input and faults of that case alone
+(out of memory, a backend error) alike. A fault no case can escape (disk
+full, output not writable: `RunFault`) stops the run, carrying the reports
+made so far so the summary is still written.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from tqdm import tqdm
 from medk2n.data.cases import load_case
 from medk2n.data.nifti import write_volume
 from medk2n.data.preprocess import PreparedCase
-from medk2n.errors import DataError, MedK2NError
+from medk2n.errors import DataError, MedK2NError, RunFault
 from medk2n.fsutil import write_atomic
 from medk2n.runtime.inferer import brain_slices
-from medk2n.runtime.outputs import case_output, check_no_clobber, check_output_free
+from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
+                                    check_output_writable)
 from medk2n.runtime.png import tile_grid, write_png
 
 if TYPE_CHECKING:
@@ -77,7 +81,7 @@ def load_stage(synth: "Synthesizer", case_dir: Path, sources: Sequence[str], tar
     check_output_free(out_dir / name, overwrite)  # before any work, not after it
     request = synth.request(sources, targets, name)
     with report.stage("read"):
-        volumes = load_case(case_dir, request.sources)
+        volumes = load_case(case_dir, request.sources, synth.max_voxels)
     with report.stage("preprocess"):
         prepared = synth.prepare(volumes, request, reference, name)
     return LoadedCase(report, request, prepared)
@@ -139,42 +143,78 @@ def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence
         raise DataError(f"several cases are named {clash[0]!r}: their outputs would collide in {out_dir}")
     # No case's output may replace another case's input either.
     check_no_clobber([out_dir / n for n in names], case_dirs)
+    check_output_writable(out_dir)
 
     def load(case_dir: Path) -> LoadedCase | CaseReport:
         return _guard(lambda: load_stage(synth, case_dir, sources, targets, out_dir, reference, overwrite),
                       case_dir, raise_errors)
 
-    reports = []
+    reports: list[CaseReport] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medk2n-prefetch") as pool:
         pending = pool.submit(load, case_dirs[0])
-        for i, case_dir in enumerate(case_dirs):
-            loaded = pending.result()
-            if i + 1 < len(case_dirs):
-                pending = pool.submit(load, case_dirs[i + 1])  # read the next case while this one runs
-            report = loaded
-            if isinstance(loaded, LoadedCase):
-                report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress),
-                                case_dir, raise_errors, loaded.report)
-            reports.append(report)
-            if on_case is not None:
-                on_case(report)
+        try:
+            for i, case_dir in enumerate(case_dirs):
+                loaded = pending.result()
+                if i + 1 < len(case_dirs):
+                    pending = pool.submit(load, case_dirs[i + 1])  # read the next case while this one runs
+                report = loaded
+                if isinstance(loaded, LoadedCase):
+                    report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress),
+                                    case_dir, raise_errors, loaded.report)
+                reports.append(report)
+                if on_case is not None:
+                    on_case(report)
+        except RunFault as fault:
+            pending.cancel()
+            fault.reports = reports
+            raise
     return reports
 
 
 def _guard(step: Callable[[], Any], case_dir: Path, raise_errors: bool, report: CaseReport | None = None) -> Any:
-    """Run one stage; a MedK2NError becomes a failed report unless the caller wants it raised."""
+    """Run one stage; a fault of this case becomes a failed report unless the caller wants it raised.
+
+    Bad input (MedK2NError) reports its own one-line message; any other failure of the case (out
+    of memory, a backend error, an unreadable file) reports its type and message. An OS error no
+    case can escape (RUN_FAULT_ERRNOS: disk full, read-only or forbidden output) is a RunFault.
+    """
     try:
         return step()
+    except RunFault:
+        raise
+    except OSError as exc:
+        if exc.errno in RUN_FAULT_ERRNOS and not isinstance(exc, FileNotFoundError):
+            raise RunFault(f"{exc.filename or case_dir}: {exc.strerror or exc}; stopping the run") from exc
+        if raise_errors:
+            raise
+        return _failed(case_dir, report, f"{case_name(case_dir)}: {exc.filename or case_dir}: "
+                                         f"{exc.strerror or type(exc).__name__}")
     except MedK2NError as exc:
         if raise_errors:
             raise
-        report = report or CaseReport(name=case_name(case_dir), case_dir=str(case_dir))
-        report.ok, report.error, report.outputs = False, str(exc), []
-        return report
+        return _failed(case_dir, report, str(exc))
+    except MemoryError:
+        if raise_errors:
+            raise
+        return _failed(case_dir, report, f"{case_name(case_dir)}: out of memory (lower --batch-size, "
+                                         "or --max-voxels to refuse such volumes up front)")
+    except Exception as exc:  # noqa: BLE001 - a fault of one case must not cost the others theirs
+        if raise_errors:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return _failed(case_dir, report, f"{case_name(case_dir)}: {type(exc).__name__}: {first}")
 
 
-def write_run_json(path: Path, synth: "Synthesizer", reports: Sequence[CaseReport], total_s: float) -> None:
-    """The `--json` summary: backend, providers, per-case stage timings and failures."""
+def _failed(case_dir: Path, report: CaseReport | None, message: str) -> CaseReport:
+    report = report or CaseReport(name=case_name(case_dir), case_dir=str(case_dir))
+    report.ok, report.error, report.outputs = False, message, []
+    return report
+
+
+def write_run_json(path: Path, synth: "Synthesizer", reports: Sequence[CaseReport], total_s: float,
+                   fault: str | None = None) -> None:
+    """The `--json` summary: backend, providers, per-case stage timings and failures (and the fault that
+    stopped the run, if one did)."""
     summary = {
         "bundle": str(synth.bundle.path),
         "backend": synth.choice.backend,
@@ -186,5 +226,6 @@ def write_run_json(path: Path, synth: "Synthesizer", reports: Sequence[CaseRepor
         "cases": [asdict(r) for r in reports],
         "failed": [r.name for r in reports if not r.ok],
         "total_s": total_s,
+        "fault": fault,
     }
     write_atomic(Path(path), (json.dumps(summary, indent=2) + "\n").encode())

@@ -22,7 +22,7 @@ import numpy as np
 
 from medk2n.data.cases import normalise_modality_name
 from medk2n.data.mask import grow_2d
-from medk2n.data.nifti import VolumeInfo, check_volume_values
+from medk2n.data.nifti import MAX_VOXELS, VolumeInfo, check_volume_values
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
 from medk2n.data.standardize import standardize, standardize_slope
 from medk2n.errors import BundleError, DataError
@@ -58,8 +58,9 @@ class Synthesizer:
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "auto", precision: str | None = None,
                  threads: int | None = None, batch_size: int | None = None,
-                 coverage: float = DEFAULT_COVERAGE) -> None:
+                 coverage: float = DEFAULT_COVERAGE, max_voxels: int = MAX_VOXELS) -> None:
         self.coverage = check_coverage(coverage)
+        self.max_voxels = int(max_voxels)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.batch_size = _batch_size(self.bundle, batch_size)
         self.runner, self.choice = open_runner(backend_chain(backend, self.bundle, precision), self.bundle, threads)
@@ -71,6 +72,7 @@ class Synthesizer:
         """Drive any runner (e.g. a PyTorch model for `medk2n-eval CHECKPOINT`) through the same pipeline."""
         self = cls.__new__(cls)
         self.coverage = DEFAULT_COVERAGE
+        self.max_voxels = MAX_VOXELS
         self.bundle = bundle
         self.batch_size = _batch_size(bundle, batch_size)
         self.runner, self.choice = runner, choice

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from medk2n.config import DEFAULT_MODALITIES
-from medk2n.data.nifti import VolumeInfo, read_volume, strip_nifti_suffix
+from medk2n.data.nifti import MAX_VOXELS, VolumeInfo, read_volume, strip_nifti_suffix
 from medk2n.errors import DataError
 
 MODALITY_ALIASES: dict[str, str] = {
@@ -236,11 +236,14 @@ def discover_dataset(root: Path, modalities: Sequence[str] | None = None) -> lis
     return sorted(cases, key=lambda c: c.name)
 
 
-def load_case(case: Case | Path, modalities: Sequence[str]) -> dict[str, tuple[np.ndarray, VolumeInfo]]:
-    """Read the requested modalities of a case (validated 3-D, finite, non-constant)."""
+def load_case(case: Case | Path, modalities: Sequence[str],
+              max_voxels: int = MAX_VOXELS) -> dict[str, tuple[np.ndarray, VolumeInfo]]:
+    """Read the requested modalities of a case (validated 3-D, finite, non-constant, at most
+    `max_voxels` each)."""
     case = case if isinstance(case, Case) else open_case(case, modalities)
     case.require(modalities)
-    return {normalise_modality_name(m): read_volume(case.files[normalise_modality_name(m)]) for m in modalities}
+    return {normalise_modality_name(m): read_volume(case.files[normalise_modality_name(m)], max_voxels=max_voxels)
+            for m in modalities}
 
 
 FINGERPRINT_BYTES = 1 << 16

@@ -23,6 +23,10 @@ from medk2n.errors import DataError
 from medk2n.fsutil import chmod_plain
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Largest volume read by default: 2^28 voxels (1 GiB as float32), e.g. 640^3; 512^3 fits.
+# A header is untrusted input: its claimed shape is checked against this and against the
+# bytes the file actually holds before anything is allocated.
+MAX_VOXELS = 1 << 28
 
 
 @dataclass
@@ -48,7 +52,8 @@ def strip_nifti_suffix(name: str) -> str | None:
     return None
 
 
-def read_volume(path: str | Path, check_values: bool = True) -> tuple[np.ndarray, VolumeInfo]:
+def read_volume(path: str | Path, check_values: bool = True,
+                max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, VolumeInfo]:
     """Load a 3-D NIfTI as float32 with its geometry; reject what the model cannot use."""
     path = Path(path)
     if not path.is_file():
@@ -57,6 +62,7 @@ def read_volume(path: str | Path, check_values: bool = True) -> tuple[np.ndarray
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
+        check_claimed_size(img, path, max_voxels)
         data = np.asanyarray(img.dataobj)
     except DataError:
         raise
@@ -79,6 +85,36 @@ def read_volume(path: str | Path, check_values: bool = True) -> tuple[np.ndarray
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(f"{path}: invalid (singular or non-finite) affine")
     return array, VolumeInfo(path=path, affine=affine, header=header, shape=tuple(array.shape))
+
+
+def check_claimed_size(img: nib.Nifti1Image, path: Path, max_voxels: int = MAX_VOXELS) -> None:
+    """Refuse a header whose shape exceeds `max_voxels`, or claims more data than the file holds.
+
+    A 416-byte .nii.gz can claim gigabytes; nibabel would allocate them before failing. The
+    uncompressed size of a gzip file is in its last four bytes (mod 2^32, exact below 4 GiB).
+    """
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > max_voxels:
+        raise DataError(f"{path}: header claims shape {shape} = {voxels} voxels, above the limit of "
+                        f"{max_voxels} (--max-voxels)")
+    needed = voxels * np.dtype(img.header.get_data_dtype()).itemsize + int(img.header.get_data_offset())
+    held = _stored_bytes(path)
+    if held is not None and needed < 1 << 32 and held < needed:
+        raise DataError(f"{path}: unreadable or truncated NIfTI (its header claims {needed} bytes of image "
+                        f"data, the file holds {held})")
+
+
+def _stored_bytes(path: Path) -> int | None:
+    """Uncompressed size of a .nii (its size) or single-member .nii.gz (gzip ISIZE); None if unknown."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return size
+        if size < 18:
+            return None
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def check_volume_values(array: np.ndarray, path: str | Path) -> None:

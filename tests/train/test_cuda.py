@@ -1,7 +1,7 @@
 """Training and inference on a CUDA GPU (skipped where PyTorch sees none, as on CI).
 
 Run on a GPU machine with `pytest tests/train/test_cuda.py`; the results of
-the last such run are in benchmarks/results/gpu_tests-*.log (README, "Honest limits").
+the last such run are in benchmarks/results/gpu_tests-*.log (docs/deployment.md).
 """
 
 import numpy as np
