@@ -11,6 +11,7 @@ which keeps the ONNX bytes identical across repeated exports.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import onnx
 
 from medk2n.errors import ExportError
 from medk2n.fsutil import make_temp_dir
-from medk2n.manifest import MANIFEST_NAME, Manifest, hash_bundle_files
+from medk2n.manifest import MANIFEST_HASH_NAME, MANIFEST_NAME, Manifest, hash_bundle_files
 
 METADATA_KEY = "medk2n.manifest"
 
@@ -83,5 +84,7 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
         files=hash_bundle_files(folder),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    (folder / MANIFEST_NAME).write_text(final.to_json() + "\n")
+    text = (final.to_json() + "\n").encode()
+    (folder / MANIFEST_NAME).write_bytes(text)
+    (folder / MANIFEST_HASH_NAME).write_text(f"{hashlib.sha256(text).hexdigest()}  {MANIFEST_NAME}\n")
     return final

@@ -4,6 +4,14 @@ Export writes it; the runtime reads it and guesses nothing: tensor names and
 shapes, K and N, the modality vocabulary, per-modality normalisation, the
 precision of each model file and the sha256 of every file all come from here.
 Torch-free: both `medk2n.export` and `medk2n.runtime` import it.
+
+Integrity model: sha256 catches accidents, not attackers. Every bundle file
+is hashed in the manifest, and the manifest itself in `manifest.sha256`
+beside it, so a truncated copy, a swapped model or a hand-edited
+normalisation is refused at load; anyone who can write the folder can also
+rewrite both hashes, so a bundle from an untrusted source needs a signature
+this project does not provide. Every path the manifest names must stay inside
+the bundle folder, and every field is type- and range-checked before use.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from medk2n.errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_HASH_NAME = "manifest.sha256"  # sha256 of manifest.json (bundles from before it have none)
+MAX_TASK = 64  # K and N above this are not a bundle this project made
+IMAGE_SIZE_RANGE = (8, 4096)
 
 
 @dataclass
@@ -93,6 +104,7 @@ class Manifest:
             manifest = cls(**fields)
         except TypeError as exc:
             raise BundleError(f"{where}: malformed manifest: {exc}") from None
+        _check_fields(manifest, where)
         missing_norm = [m for m in manifest.modalities if m not in manifest.normalization]
         if missing_norm:
             raise BundleError(f"{where}: no normalisation for modalities {missing_norm}")
@@ -103,6 +115,35 @@ class Manifest:
             if m.format == fmt and (precision is None or m.precision == precision):
                 return m
         return None
+
+
+def _check_fields(m: Manifest, where: str) -> None:
+    """Types and ranges of what the runtime sizes arrays and opens files by (a raw TypeError or a huge
+    allocation otherwise), and no path that leaves the bundle."""
+    def integer(name: str, value: Any, lo: int, hi: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise BundleError(f"{where}: {name} must be an integer in {lo}..{hi}, got {value!r}")
+
+    integer("k", m.k, 1, MAX_TASK)
+    integer("n", m.n, 1, MAX_TASK)
+    integer("image_size", m.image_size, *IMAGE_SIZE_RANGE)
+    if not isinstance(m.modalities, list) or not all(isinstance(x, str) and x for x in m.modalities):
+        raise BundleError(f"{where}: modalities must be a list of names, got {m.modalities!r}")
+    if not isinstance(m.normalization, dict) or not all(isinstance(v, dict) for v in m.normalization.values()):
+        raise BundleError(f"{where}: normalization must map modality -> settings")
+    if not isinstance(m.batch, dict) or not isinstance(m.files, dict) or not isinstance(m.uncertainty, dict):
+        raise BundleError(f"{where}: batch, files and uncertainty must be JSON objects")
+    for key in ("min", "opt", "max"):
+        integer(f"batch.{key}", m.batch.get(key), 1, 1 << 16)
+    for rel in [*m.files, *(model.file for model in m.models)]:
+        check_inside(rel, where)
+
+
+def check_inside(rel: Any, where: str) -> None:
+    """A manifest path must be relative and stay inside the bundle folder."""
+    path = Path(str(rel))
+    if not isinstance(rel, str) or not rel or path.is_absolute() or ".." in path.parts:
+        raise BundleError(f"{where}: file entry {rel!r} leaves the bundle folder; refused")
 
 
 def training_roles(train: Any) -> dict[str, list[str]]:
@@ -124,7 +165,7 @@ def hash_bundle_files(bundle_dir: Path) -> dict[str, str]:
     return {
         p.relative_to(bundle_dir).as_posix(): sha256_file(p)
         for p in sorted(bundle_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_NAME
+        if p.is_file() and p.name not in (MANIFEST_NAME, MANIFEST_HASH_NAME)
     }
 
 
@@ -135,9 +176,15 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{path}: missing; not a medk2n bundle")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:
         raise BundleError(f"{path}: unreadable manifest: {exc}") from None
+    sidecar = Path(bundle_dir) / MANIFEST_HASH_NAME
+    if sidecar.is_file():
+        recorded = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
+        if hashlib.sha256(raw).hexdigest() != recorded:
+            raise BundleError(f"{path}: does not match {MANIFEST_HASH_NAME} (edited or corrupted after export)")
     return Manifest.from_dict(data, where=str(path))
 
 

@@ -126,8 +126,32 @@ def open_runner(chain: list[BackendChoice], bundle: Bundle, threads: int | None 
 def _started(choice: BackendChoice, bundle: Bundle, threads: int | None) -> Runner:
     runner = make_runner(choice, bundle, threads)
     runner.activate()
+    if hasattr(runner, "io_signature"):
+        try:
+            check_graph_io(runner.io_signature(), bundle, bundle.model_path(choice.model))
+        except BundleError:
+            runner.deactivate()
+            raise
     log.info("backend: %s", choice.describe())
     return runner
+
+
+def check_graph_io(signature: dict[str, tuple[str, list]], bundle: Bundle, path: Path) -> None:
+    """The model's own inputs and outputs must be the manifest's: names, dtypes, ranks and static dims.
+
+    A manifest that disagrees with its graph would otherwise surface as a raw ONNX Runtime error at
+    the first batch, or, worse, as a wrong tensor read by name.
+    """
+    declared = {spec.name: spec for spec in [*bundle.manifest.inputs, *bundle.manifest.outputs]}
+    if sorted(signature) != sorted(declared):
+        raise BundleError(f"{path}: graph tensors {sorted(signature)} differ from the manifest's {sorted(declared)}")
+    for name, (dtype, shape) in signature.items():
+        spec = declared[name]
+        static_ok = len(shape) == len(spec.shape) and all(
+            not isinstance(a, int) or not isinstance(b, int) or a == b for a, b in zip(shape, spec.shape))
+        if dtype != spec.dtype or not static_ok:
+            raise BundleError(f"{path}: graph tensor {name!r} is {dtype} {shape}, the manifest says "
+                              f"{spec.dtype} {spec.shape}")
 
 
 def trt_cache_dir() -> Path:

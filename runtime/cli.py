@@ -4,23 +4,30 @@ Thin on purpose (nnU-Net style): parse, build a `Synthesizer`, call
 `run_cases`, print. stdout gets the backend line, one line per written case
 and the summary; stderr gets one `error: ...` line per failed case and
 nothing else, so scripts can tell them apart. Exit code 2 when any case
-failed.
+failed. SIGTERM is an interruption like Ctrl-C: one line, exit 130, and the
+case being written leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from pathlib import Path
 
-import click
+try:  # ONNX Runtime and nibabel take seconds to import: Ctrl-C then is one line too, not a traceback
+    import click
 
-from medk2n.cli_util import debug_option, run_cli
-from medk2n.runtime.backends import BACKENDS, PRECISIONS
-from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
-from medk2n.runtime.synthesizer import Synthesizer
-from medk2n.data.nifti import MAX_VOXELS
-from medk2n.errors import RunFault
-from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
+    from medk2n.cli_util import debug_option, run_cli
+    from medk2n.data.nifti import MAX_VOXELS
+    from medk2n.errors import RunFault
+    from medk2n.runtime.backends import BACKENDS, PRECISIONS
+    from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
+    from medk2n.runtime.synthesizer import Synthesizer
+    from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
+except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    raise SystemExit(130) from None
 
 
 def _names(text: str) -> list[str]:
@@ -97,7 +104,12 @@ def _echo_case(report: CaseReport) -> None:
         click.echo(f"error: {report.error}", err=True)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through case_output, which removes the case's partial folder
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     command.main(args=argv, prog_name="medk2n-run")
 
 

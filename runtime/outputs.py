@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import tempfile
@@ -51,7 +52,8 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
     final = out_dir / name
     check_output_free(final, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out_dir, name, ".partial")
+    remove_stale_partials(out_dir, name)
+    tmp = make_temp_dir(out_dir, f"{name}.{os.getpid()}", ".partial")
     try:
         yield tmp
         with publish_lock(out_dir):
@@ -64,14 +66,42 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
         raise
 
 
+def remove_stale_partials(out_dir: Path, name: str) -> list[Path]:
+    """Remove `.<name>.<pid>.*.partial` folders left by runs that were killed (their pid is gone).
+
+    A partial folder of a live process, another run working now, is never touched.
+    """
+    removed = []
+    prefix = f".{name}."
+    for path in out_dir.glob(f"{glob.escape(prefix)}*.partial"):
+        pid = path.name[len(prefix):].split(".", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
 def check_output_writable(out_dir: Path) -> None:
     """Before any work: OUT can be created and written (a whole-run fault, one line naming it)."""
+    probe = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = make_temp_dir(out_dir, "write-check")
-        probe.rmdir()
     except OSError as exc:
         raise RunFault(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+    finally:
+        if probe is not None:
+            probe.rmdir()
 
 
 @contextmanager

@@ -20,6 +20,9 @@ import onnxruntime as ort
 
 from medk2n.errors import BundleError, MedK2NError
 
+# ONNX Runtime's type strings of the tensors a bundle exchanges, as numpy dtype names.
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
+
 
 class Runner(ABC):
     """Base class: timing and the activate/deactivate life cycle."""
@@ -131,6 +134,12 @@ class OrtRunner(Runner):
 
     def _deactivate(self) -> None:
         self._session = None
+
+    def io_signature(self) -> dict[str, tuple[str, list]]:
+        """name -> (numpy dtype name, shape with symbolic dims as strings) of the graph's inputs and outputs."""
+        assert self._session is not None
+        return {arg.name: (ORT_DTYPES.get(arg.type, arg.type), [d if isinstance(d, int) else str(d) for d in arg.shape])
+                for arg in [*self._session.get_inputs(), *self._session.get_outputs()]}
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None

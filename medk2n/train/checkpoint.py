@@ -137,12 +137,25 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.n
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
+    """The optimizer, scheduler and RNG state of `last` for --resume (None when it has none).
+
+    A broken file is a one-line CheckpointError naming it, not a raw JSON/safetensors error."""
     directory = Path(directory)
     if not (directory / TRAINER_STATE).is_file():
         return None
-    scalars = json.loads((directory / TRAINER_STATE).read_text())
-    tensors = load_file(str(directory / "trainer.safetensors"))
-    return _join_tensors(tensors, scalars)
+    try:
+        scalars = json.loads((directory / TRAINER_STATE).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory / TRAINER_STATE}: unreadable trainer state: {exc}") from None
+    tensors_path = directory / "trainer.safetensors"
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{tensors_path}: unreadable trainer state: {exc}") from None
+    try:
+        return _join_tensors(tensors, scalars)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{directory / TRAINER_STATE}: does not match {tensors_path.name} ({exc!r})") from None
 
 
 def _preview(keys: list[str], limit: int = 4) -> str:

@@ -22,7 +22,7 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     path = fp32_bundle.path
     manifest = read_manifest(path)
     verify_bundle(path, manifest)
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "manifest.sha256", "model.onnx"]
     assert (manifest.k, manifest.n, manifest.image_size, manifest.precision) == (2, 4, 64, "fp32")
     assert manifest.modalities == cfg.model.modalities
     assert manifest.normalization["adc"] == {"kind": "range", "low": 0.0, "high": 4000.0, "standard": None}

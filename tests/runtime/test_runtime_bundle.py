@@ -63,3 +63,68 @@ def test_bad_batch_range_is_refused(tmp_path: Path) -> None:
     edit_manifest(folder, batch={"min": 8, "opt": 4, "max": 8})
     with pytest.raises(BundleError, match="min <= opt <= max"):
         load_bundle(folder)
+
+
+def _sealed(folder: Path) -> None:
+    """Write manifest.sha256 as export does."""
+    import hashlib
+
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    (folder / "manifest.sha256").write_text(f"{digest}  manifest.json\n")
+
+
+def test_an_edited_manifest_is_refused_when_sealed(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "sealed")
+    _sealed(folder)
+    load_bundle(folder)
+    edit_manifest(folder, normalization={**load_bundle(folder).manifest.normalization,
+                                         "adc": {"kind": "range", "low": 0.0, "high": 3000.0}})
+    with pytest.raises(BundleError, match=r"manifest\.json: does not match manifest\.sha256"):
+        load_bundle(folder)
+
+
+@pytest.mark.parametrize("entry", ["/etc/passwd", "../outside.onnx", "sub/../../x.onnx"])
+def test_a_path_leaving_the_bundle_is_refused_before_it_is_read(tmp_path: Path, entry: str) -> None:
+    folder = make_bundle(tmp_path / "b")
+    data_files = {**load_bundle(folder).manifest.files, entry: "0" * 64}
+    edit_manifest(folder, files=data_files)
+    with pytest.raises(BundleError, match=f"file entry {entry!r} leaves the bundle folder"):
+        load_bundle(folder)
+    edit_manifest(folder, files=load_bundle_files(folder, entry), models=[
+        {"file": entry, "format": "onnx", "precision": "fp32"}])
+    with pytest.raises(BundleError, match="leaves the bundle folder"):
+        load_bundle(folder)
+
+
+def load_bundle_files(folder: Path, drop: str) -> dict:
+    import json
+
+    return {k: v for k, v in json.loads((folder / "manifest.json").read_text())["files"].items() if k != drop}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("k", "2", "k must be an integer in 1..64"),
+    ("n", True, "n must be an integer in 1..64"),
+    ("image_size", 20000, "image_size must be an integer in 8..4096"),
+    ("modalities", "t1,t2", "modalities must be a list of names"),
+    ("batch", {"min": 1, "opt": "8", "max": 8}, "batch.opt must be an integer"),
+])
+def test_malformed_manifest_fields_are_one_line_errors(tmp_path: Path, field: str, value, message: str) -> None:
+    folder = make_bundle(tmp_path / "b")
+    edit_manifest(folder, **{field: value})
+    with pytest.raises(BundleError, match=message):
+        load_bundle(folder)
+
+
+def test_a_graph_that_disagrees_with_its_manifest_is_refused_at_load(tmp_path: Path) -> None:
+    from medk2n.runtime.synthesizer import Synthesizer
+
+    folder = make_bundle(tmp_path / "b", size=32)
+    other = make_bundle(tmp_path / "other", size=64)  # same names, other static size
+    shutil.copy(other / "model.onnx", folder / "model.onnx")
+    from medk2n.manifest import hash_bundle_files
+
+    edit_manifest(folder, files=hash_bundle_files(folder))  # hashes fine: only the contract is wrong
+    with pytest.raises(BundleError, match=r"model\.onnx: graph tensor 'x' is float32 \['batch', 2, 64, 64\], "
+                                          r"the manifest says float32 \['batch', 2, 32, 32\]"):
+        Synthesizer(folder, backend="cpu")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -152,3 +155,37 @@ def test_max_voxels_is_a_user_limit(tmp_path: Path, bundle_dir: Path) -> None:
     result = run(*args(bundle_dir, case, out=tmp_path / "out"), "--max-voxels", "4000")
     assert result.exit_code == 2 and "4807 voxels, above the limit of 4000 (--max-voxels)" in result.stderr
     assert run(*args(bundle_dir, case, out=tmp_path / "out2"), "--max-voxels", "4807").exit_code == 0
+
+
+def test_sigterm_is_one_line_and_leaves_no_partial(tmp_path: Path, bundle_dir: Path) -> None:
+    """A run killed politely mid-case: exit 130, one line, nothing half-written in OUT."""
+    big = [write_case(tmp_path / "in" / f"case{i}", shape=(96, 96, 60)) for i in range(8)]
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "medk2n.runtime.cli", *map(str, args(bundle_dir, *big, out=out))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and any(p.name.endswith(".partial") or not p.name.startswith(".")
+                                    for p in out.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.01)  # wait until the run is writing a case
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert "Traceback" not in err
+    for case in out.iterdir():
+        assert not case.name.startswith("."), case  # no partial left
+        assert {p.name for p in case.iterdir()} == {"dwi.nii.gz", "dwi_uncertainty.nii.gz", "adc.nii.gz",
+                                                    "adc_uncertainty.nii.gz"}  # whole cases only
+
+
+def test_partials_of_killed_runs_are_removed_not_those_of_live_ones(tmp_path: Path) -> None:
+    from medk2n.runtime.outputs import remove_stale_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".case1.{dead.pid}.abc.partial"
+    live = tmp_path / f".case1.{os.getpid()}.def.partial"
+    other = tmp_path / f".case2.{dead.pid}.ghi.partial"
+    for folder in (stale, live, other):
+        folder.mkdir()
+    assert remove_stale_partials(tmp_path, "case1") == [stale]
+    assert live.is_dir() and other.is_dir() and not stale.exists()

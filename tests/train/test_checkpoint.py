@@ -26,3 +26,25 @@ def test_a_checkpoint_that_records_the_terms_keeps_their_values(tmp_path):
     cfg, _ = read_checkpoint_config(_write(tmp_path / "new", experiment))
     assert cfg.loss.histogram == 0.7
     assert cfg.loss.lesion == preset("tiny").loss.lesion > 0
+
+
+def test_a_broken_trainer_state_names_its_file(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from medk2n.errors import CheckpointError
+    from medk2n.train.checkpoint import TRAINER_STATE, load_trainer_state
+
+    folder = tmp_path / "last"
+    folder.mkdir()
+    save_file({"optimizer/state/0/exp_avg": torch.ones(3)}, str(folder / "trainer.safetensors"))
+    (folder / TRAINER_STATE).write_text('{"step": 3, "optimizer": {"__tensor__": "optimizer/state/0/exp_avg"}}')
+    assert load_trainer_state(folder)["step"] == 3
+    data = (folder / "trainer.safetensors").read_bytes()
+    (folder / "trainer.safetensors").write_bytes(data[: len(data) // 2])  # truncated by a full disk
+    with pytest.raises(CheckpointError, match=r"trainer\.safetensors: unreadable trainer state"):
+        load_trainer_state(folder)
+    (folder / TRAINER_STATE).write_text('{"step": 3,')  # broken JSON
+    with pytest.raises(CheckpointError, match=f"{TRAINER_STATE}: unreadable trainer state"):
+        load_trainer_state(folder)
