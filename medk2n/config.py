@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,13 +247,29 @@ def _build(kind: type, data: dict[str, Any], where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     kwargs = {}
+    hints = typing.get_type_hints(kind)
     for name, value in data.items():
         sub = _SUBCONFIGS.get((kind, name))
+        if not sub:
+            _check_scalar(hints.get(name), value, f"{where}.{name}")
         kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
     try:
         return kind(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _check_scalar(hint: Any, value: Any, where: str) -> None:
+    """A field typed int, float, bool or str must hold one (YAML reads `2e4` as a string, and a hand-edited
+    checkpoint config can hold anything): a one-line error here, not a TypeError deep in export."""
+    ok = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }.get(hint)
+    if ok is not None and not ok(value):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
 
 
 _SUBCONFIGS = {

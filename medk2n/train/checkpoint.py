@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from medk2n.config import ExperimentConfig
 from medk2n.errors import CheckpointError, ConfigError
-from medk2n.fsutil import make_temp_dir
+from medk2n.fsutil import chmod_plain, make_temp_dir
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINER_STATE = "trainer.json"
+VOCAB_KEY = "medk2n.modalities"  # safetensors metadata: the vocabulary the weights were trained with
 
 
 def save_checkpoint(
@@ -46,13 +47,17 @@ def save_checkpoint(
     tmp = make_temp_dir(directory.parent, directory.name)
     try:
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
+        # The weights carry their own vocabulary: an edited config.json (a reordered or renamed
+        # modality list) would otherwise map every modality id onto another's embedding silently.
+        save_file(state, str(tmp / WEIGHTS), metadata={VOCAB_KEY: json.dumps(list(cfg.model.modalities))})
         doc = {"format_version": FORMAT_VERSION, "experiment": cfg.to_dict(), "training": meta or {}}
         (tmp / CONFIG).write_text(json.dumps(doc, indent=2, sort_keys=True))
         if trainer_state is not None:
             tensors, scalars = _split_tensors(trainer_state)
             save_file(tensors, str(tmp / "trainer.safetensors"))
             (tmp / TRAINER_STATE).write_text(json.dumps(scalars, indent=2, sort_keys=True))
+        for path in tmp.iterdir():
+            chmod_plain(path)  # safetensors writes 0600, json 0644: one mode for every file, as open() gives
         _swap_in(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,8 +128,13 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.n
         raise CheckpointError(f"{weights}: missing weights file")
     try:
         state = load_file(str(weights), device=device)
+        with safe_open(str(weights), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get(VOCAB_KEY)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: unreadable safetensors: {exc}") from None
+    if recorded is not None and json.loads(recorded) != list(cfg.model.modalities):
+        raise CheckpointError(f"{directory / CONFIG}: modality vocabulary {list(cfg.model.modalities)} differs from "
+                              f"the one the weights were trained with {json.loads(recorded)}")
     text = state.get("text_embeddings")
     model = build_model(cfg.model, text_embeddings=text, pretrained=False)
     result = model.load_state_dict(state, strict=False)

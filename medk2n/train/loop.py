@@ -156,7 +156,6 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, best = int(state["step"]), float(state["best"])
-        torch.set_rng_state(state["torch_rng"])
 
     forward = DetailedForward(model)
     if ctx.enabled:
@@ -182,7 +181,13 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     step, loss_value, history = start, float("nan"), []
     try:
         model.train()
-        for batch in loader:
+        # Starting the loader draws its base seed from torch's global generator; the run being
+        # resumed drew it at its own start. Restore the saved state only after that draw, so
+        # every later draw (the U-Net's modality dropout) replays the uninterrupted run.
+        batches = iter(loader)
+        if state is not None:
+            torch.set_rng_state(state["torch_rng"])
+        for batch in batches:
             t0 = time.perf_counter()
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
             loss_value, parts = _step(forward, model, batch, cfg, optimizer, scaler, amp)

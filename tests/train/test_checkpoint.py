@@ -48,3 +48,41 @@ def test_a_broken_trainer_state_names_its_file(tmp_path):
     (folder / TRAINER_STATE).write_text('{"step": 3,')  # broken JSON
     with pytest.raises(CheckpointError, match=f"{TRAINER_STATE}: unreadable trainer state"):
         load_trainer_state(folder)
+
+
+def test_a_config_value_of_the_wrong_type_is_a_one_line_error(tmp_path):
+    import pytest
+
+    from medk2n.errors import CheckpointError
+
+    experiment = preset("tiny").to_dict()
+    experiment["model"]["image_size"] = "sixty-four"
+    with pytest.raises(CheckpointError, match=r"model\.image_size: expected int, got 'sixty-four'"):
+        read_checkpoint_config(_write(tmp_path / "bad", experiment))
+    experiment["model"]["image_size"] = 64
+    experiment["train"]["lr"] = True
+    with pytest.raises(CheckpointError, match=r"train\.lr: expected float, got True"):
+        read_checkpoint_config(_write(tmp_path / "bad2", experiment))
+
+
+def test_an_edited_vocabulary_is_refused_and_files_share_one_mode(tmp_path):
+    import pytest
+    import torch
+
+    from medk2n.errors import CheckpointError
+    from medk2n.models import build_model
+    from medk2n.train.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = preset("tiny")
+    cfg.model.image_size = 32
+    torch.manual_seed(0)
+    folder = save_checkpoint(tmp_path / "ckpt", build_model(cfg.model), cfg, {"step": 0},
+                             trainer_state={"step": 0, "t": torch.ones(2)})
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+    load_checkpoint(folder)
+    doc = json.loads((folder / "config.json").read_text())
+    doc["experiment"]["model"]["modalities"] = doc["experiment"]["model"]["modalities"][::-1]
+    (folder / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"config\.json: modality vocabulary .* differs from the one the weights"):
+        load_checkpoint(folder)
