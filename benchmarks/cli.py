@@ -97,6 +97,33 @@ def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: s
 
 
 @cli.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--task", default="flair,adc->dwi,t2,t1,pd", show_default=True, help="SOURCES->TARGETS (two sources).")
+@click.option("--corrupt", "source", default=None, help="Source degraded at test time [default: the task's last].")
+@click.option("--methods", default="B0,B5,unet", show_default=True, help="Comma-separated methods to compare.")
+@click.option("--budget-minutes", type=float, default=5.0, show_default=True, help="Training budget per method.")
+@click.option("--preset", default="tiny", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def robustness(data: Path, task: str, source: str | None, methods: str, budget_minutes: float, preset: str,
+               seed: int, device: str, out: Path, debug: bool) -> None:
+    """Train each method alike, then score it with one source degraded (noise, ghosting, wrong contrast)."""
+
+    def body() -> int:
+        from medk2n.benchmarks.robustness import markdown, run_robustness
+
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
+                                 progress=_progress)
+        click.echo(markdown(results))
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
 @click.argument("metrics", type=click.Path(path_type=Path, dir_okay=False), default=Path("demo/eval/metrics.json"))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @debug_option

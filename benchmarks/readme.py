@@ -3,7 +3,8 @@
 Two files quote `benchmarks/results/`, each between the markers:
 
 - docs/results.md holds the full block: `demo.md` (the demo's evaluation,
-  committed by `make demo-results`), then `latency*.md` and `quality*.md`,
+  committed by `make demo-results`), then `latency*.md`, `quality*.md` and
+  `robustness*.md`,
   each with its machine stamp (from the JSON beside it) and links to its PNGs;
 - README.md holds a compact block: the demo table alone, its stamp and its
   risk-coverage plot, and a link to docs/results.md for latency and quality.
@@ -35,10 +36,10 @@ DOC_LEVELS = 1  # docs/results.md has one `#` title: a result file's `#` (or gen
 
 
 def result_files(results: Path) -> list[Path]:
-    """demo.md, then latency.md, latency-<tag>.md by name, then quality.md, quality-<tag>.md: what the
-    full section quotes."""
+    """demo.md, then latency.md, latency-<tag>.md by name, then quality.md, quality-<tag>.md, then
+    robustness*.md: what the full section quotes."""
     files = []
-    for kind in (DEMO, "latency", "quality"):
+    for kind in (DEMO, "latency", "quality", "robustness"):
         files += sorted(results.glob(f"{kind}*.md"), key=lambda p, kind=kind: (p.stem != kind, p.name))
     return files
 
@@ -66,7 +67,7 @@ def readme_section(results: Path, readme: Path, doc: Path, top: int = README_TOP
         parts.append(_file_block(demo, readme, top=top))
     else:
         parts.append("No demo evaluation is committed yet: run `make demo-results`.")
-    parts.append(f"Latency and quality benchmarks, with the machines they ran on: [{_link(doc, readme)}]"
+    parts.append(f"Latency, quality and robustness benchmarks, with the machines they ran on: [{_link(doc, readme)}]"
                  f"({_link(doc, readme)}).")
     return "\n\n".join(parts)
 

@@ -131,7 +131,7 @@ def test_readme_without_a_committed_demo_still_links_the_results_page(project):
     assert update_readme(results, readme) is True  # doc defaults to docs/results.md beside the README
     section = readme.read_text().split(BEGIN)[1].split(END)[0]
     assert "make demo-results" in section and "[docs/results.md](docs/results.md)" in section
-    assert "latency" not in section.lower().split("latency and quality")[0]
+    assert "latency" not in section.lower().split("latency, quality and robustness")[0]
     assert not doc.exists()
 
 

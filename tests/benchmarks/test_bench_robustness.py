@@ -1,0 +1,60 @@
+"""Test-time source degradations and the paired drop summary of `medk2n-bench robustness`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medk2n.benchmarks.quality import Task
+from medk2n.benchmarks.robustness import CORRUPTIONS, corrupt, drops, markdown, summarise
+from medk2n.errors import ConfigError
+
+
+def _head(shape=(24, 24, 8)) -> np.ndarray:
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    disc = (x**2 + y**2 < 0.6).astype(np.float32)
+    return np.repeat((disc * (300 + 200 * x))[..., None], shape[2], axis=2).astype(np.float32)
+
+
+def test_noise_and_ghosting_degrade_without_changing_the_grid():
+    head = _head()
+    noisy = corrupt(head, "noise", np.random.default_rng(0))
+    ghosted = corrupt(head, "ghosting", np.random.default_rng(0))
+    for degraded in (noisy, ghosted):
+        assert degraded.shape == head.shape and degraded.dtype == np.float32 and np.isfinite(degraded).all()
+    inside = head > 0
+    assert np.std(noisy[inside] - head[inside]) > 0.1 * np.percentile(head[inside], 99)
+    outside = ~inside
+    assert ghosted[outside].mean() > 5 * max(head[outside].mean(), 1e-3)  # ghosts spill into the air
+    assert abs(ghosted.sum() - head.sum()) < 0.5 * head.sum()  # the same object, displaced copies
+
+
+def test_wrong_contrast_is_the_other_volume_and_needs_one():
+    head, other = _head(), _head()[::-1].copy()
+    np.testing.assert_array_equal(corrupt(head, "contrast", np.random.default_rng(0), other), other)
+    with pytest.raises(Exception, match="another modality"):
+        corrupt(head, "contrast", np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="choose one of"):
+        corrupt(head, "blur", np.random.default_rng(0))
+
+
+def _rows(scores: dict[str, float], targets=("dwi", "t2")) -> list[dict]:
+    return [{"case": case, "target": t, "masked_psnr": value} for case, value in scores.items() for t in targets]
+
+
+def test_drops_are_paired_per_subject_and_compared():
+    task = Task(("flair", "adc"), ("dwi", "t2"))
+    clean = {"s1": 20.0, "s2": 21.0, "s3": 19.0}
+    rows = {
+        "B5": {"clean": _rows(clean), **{k: _rows({c: v - 1.0 for c, v in clean.items()}) for k in CORRUPTIONS}},
+        "unet": {"clean": _rows(clean), **{k: _rows({c: v - 3.0 for c, v in clean.items()}) for k in CORRUPTIONS}},
+    }
+    assert drops(rows["B5"]["clean"], rows["B5"]["noise"], task.targets) == {"s1": 1.0, "s2": 1.0, "s3": 1.0}
+    summary = summarise(rows, task, "adc", {"B5": {"steps": 10}, "unet": {"steps": 20}})
+    assert summary["methods"]["unet"]["noise"]["drop"]["mean"] == pytest.approx(3.0)
+    test = summary["comparisons"]["B5 vs unet (ghosting)"]
+    assert test["wins_of_first"] == 3 and test["subjects"] == 3 and test["median_diff"] == pytest.approx(-2.0)
+    summary.update(settings={"task": task.key, "corrupted_source": "adc", "preset": "tiny", "budget_minutes": 1,
+                             "seed": 0}, split={"test": ["s1", "s2", "s3"]})
+    text = markdown(summary)
+    assert "| B5 | 10 |" in text and "B5 vs unet (contrast) | 3/3" in text
