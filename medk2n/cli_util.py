@@ -14,6 +14,23 @@ import click
 
 from medk2n.errors import MedK2NError
 
+# Top-level packages an optional extra installs: a command run without them names the extra.
+EXTRAS = {
+    "torch": "train", "sam2": "train", "safetensors": "train", "yaml": "train", "tensorboard": "train",
+    "sentence_transformers": "train", "onnx": "export", "onnxscript": "export", "polygraphy": "export",
+    "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line message for a package an extra would have installed (None for any other module)."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this command needs the [{extra}] extra: pip install 'medk2n[{extra}]' (no module named {top!r})"
+
+
 debug_option = click.option(
     "--debug", is_flag=True, default=False, help="Show full tracebacks on errors."
 )
@@ -33,9 +50,28 @@ def run_cli(body: Callable[[], int | None], debug: bool) -> None:
         sys.exit(130)
     except click.exceptions.ClickException:
         raise
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if debug or message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - the CLI edge: one line unless --debug
         if debug:
             raise
         click.echo(f"error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
         sys.exit(1)
     sys.exit(code or 0)
+
+
+def summary_main(argv: list[str] | None = None) -> None:
+    """`medk2n-summary`: its module imports torch at the top, so a base install is told which extra it needs."""
+    try:
+        from medk2n.models.summary import main
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(2)
+    main(argv)

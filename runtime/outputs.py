@@ -53,8 +53,9 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
     check_output_free(final, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out_dir, name)
-    tmp = make_temp_dir(out_dir, f"{name}.{os.getpid()}", ".partial")
+    tmp = None
     try:
+        tmp = make_temp_dir(out_dir, f"{name}.{os.getpid()}", ".partial")
         yield tmp
         with publish_lock(out_dir):
             if final.exists() and not overwrite:
@@ -62,8 +63,17 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
                                 "writing to the same --out?); kept it, pass --overwrite to replace it")
             _replace_dir(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_own_partials(out_dir: Path, names: Iterable[str]) -> None:
+    """On interruption: every partial folder this process made for `names` (a signal can land between
+    a folder's creation and the code that would remove it)."""
+    for name in names:
+        for path in out_dir.glob(f"{glob.escape(f'.{name}.{os.getpid()}.')}*.partial"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_stale_partials(out_dir: Path, name: str) -> list[Path]:

@@ -31,7 +31,7 @@ from medk2n.errors import DataError, MedK2NError, RunFault
 from medk2n.fsutil import write_atomic
 from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
-                                    check_output_writable)
+                                    check_output_writable, remove_own_partials)
 from medk2n.runtime.png import tile_grid, write_png
 
 if TYPE_CHECKING:
@@ -167,6 +167,11 @@ def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence
         except RunFault as fault:
             pending.cancel()
             fault.reports = reports
+            raise
+        except KeyboardInterrupt:
+            pending.cancel()
+            if out_dir.is_dir():
+                remove_own_partials(out_dir, names)
             raise
     return reports
 

@@ -4,8 +4,10 @@ when the model predicts its error, a risk-coverage (sparsification) plot."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,11 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     if curves:
         doc["risk_coverage"] = curves
         write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
+    if montage and importlib.util.find_spec("matplotlib") is None:
+        # The metrics are the product; the pictures need the [data] extra. Say so, do not fail at the end.
+        print("note: no montage or risk-coverage PNG: matplotlib is not installed (pip install 'medk2n[data]')",
+              file=sys.stderr)
+        montage = False
     if montage and result.examples:
         paths["png"] = save_montage(result, out.with_suffix(".png"))
     if montage and curves:

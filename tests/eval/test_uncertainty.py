@@ -129,3 +129,20 @@ def test_save_risk_coverage_without_matplotlib_names_the_extra(tmp_path, error, 
     with pytest.raises(MedK2NError, match=r"medk2n\[data\]"):
         save_risk_coverage({"T2": sparsification(error, np.abs(error))}, tmp_path / "r.png")
     assert not (tmp_path / "r.png").exists()
+
+
+def test_reports_without_matplotlib_keep_the_metrics_and_say_so(tmp_path, monkeypatch, capsys):
+    """A base install plus eval: the metrics are written, the pictures skipped with one note."""
+    import importlib.util
+
+    from medk2n.eval.evaluate import EvalResult
+    from medk2n.eval.report import write_reports
+
+    result = EvalResult(["flair"], ["dwi"])
+    result.rows.append({"method": "model", "case": "c1", "target": "dwi", "masked_psnr": 20.0})
+    result.errors["dwi"] = [(np.abs(np.random.default_rng(0).normal(size=500)), np.ones(500))]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    paths = write_reports(result, tmp_path / "metrics.json", "t")
+    assert set(paths) == {"json", "csv", "md"} and all(p.is_file() for p in paths.values())
+    assert "matplotlib is not installed" in capsys.readouterr().err

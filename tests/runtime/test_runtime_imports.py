@@ -69,3 +69,27 @@ def test_base_install_runs_the_cli(tmp_path: Path, bundle_dir: Path) -> None:
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert nib.load(out / "case001" / "dwi.nii.gz").shape == SHAPE
+
+
+@pytest.mark.parametrize("entry, args, extra", [
+    ("medk2n.cli_util:summary_main", [], "train"),
+    ("medk2n.train.cli:main", ["--config", "tiny", "--data", "data", "--out", "run"], "train"),
+])
+def test_base_install_names_the_extra_a_command_needs(tmp_path: Path, entry: str, args: list, extra: str) -> None:
+    base = os.environ.get("MEDK2N_BASE_PYTHON")
+    if not base:
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+    module, func = entry.split(":")
+    (tmp_path / "data").mkdir()
+    proc = subprocess.run([base, "-c", f"import sys; from {module} import {func}; {func}(sys.argv[1:])", *args],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: this command needs the [{extra}] extra: pip install 'medk2n[{extra}]' (no module named 'torch')"]
+
+
+def test_a_missing_module_of_no_extra_is_not_disguised() -> None:
+    from medk2n.cli_util import missing_extra
+
+    assert missing_extra(ModuleNotFoundError("x", name="torch.nn")) is not None
+    assert missing_extra(ModuleNotFoundError("x", name="numpy")) is None
