@@ -133,7 +133,7 @@ def conformity_scores(synth: Synthesizer, tasks: Sequence[Task]) -> dict[str, li
         for target in task.targets:
             image, scale = outputs[target]
             physical = synth.bundle.norms[target].kind == "range"
-            error, spread = interval_space(image, volumes[target][0], mask, scale, physical)
+            error, (spread,) = interval_space(image, volumes[target][0], mask, [scale], physical)
             key = task_key(task.sources, target) if task.named else target
             scores.setdefault(key, []).append(error / np.maximum(spread, SCALE_FLOOR))
     return scores

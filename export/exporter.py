@@ -33,6 +33,7 @@ from medk2n.export.source import Source, load_source
 from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS, GraphSpec, parse_batch
 from medk2n.export.wrapper import prepare_for_export
 from medk2n.manifest import Manifest, ModelFile, training_roles
+from medk2n.runtime.bundle import Bundle
 
 CALIB_SEED = 0
 EVAL_SEED = 1
@@ -248,8 +249,6 @@ def _calibrate_uncertainty(ctx: _Context, progress: Callable[[str], None]) -> di
     if not cases:
         progress(f"no held-out subjects ({origin}): the bundle will write no uncertainty maps")
         return {}
-    from medk2n.runtime.bundle import Bundle  # noqa: PLC0415 - the runtime is only needed for this step
-
     staged = Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization))
     return conformal.calibrate(staged, cases, origin, training_roles(ctx.source.config.train), ctx.requests,
                                progress)

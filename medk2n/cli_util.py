@@ -51,11 +51,9 @@ def run_cli(body: Callable[[], int | None], debug: bool) -> None:
     except click.exceptions.ClickException:
         raise
     except ModuleNotFoundError as exc:
-        message = missing_extra(exc)
-        if debug or message is None:
-            raise
-        click.echo(f"error: {message}", err=True)
-        sys.exit(2)
+        if not debug:
+            _exit_if_missing_extra(exc)
+        raise
     except Exception as exc:  # noqa: BLE001 - the CLI edge: one line unless --debug
         if debug:
             raise
@@ -69,9 +67,14 @@ def summary_main(argv: list[str] | None = None) -> None:
     try:
         from medk2n.models.summary import main
     except ModuleNotFoundError as exc:
-        message = missing_extra(exc)
-        if message is None:
-            raise
+        _exit_if_missing_extra(exc)
+        raise
+    main(argv)
+
+
+def _exit_if_missing_extra(exc: ModuleNotFoundError) -> None:
+    """One line and exit 2 when an extra would have installed the module; return otherwise (a real bug)."""
+    message = missing_extra(exc)
+    if message is not None:
         click.echo(f"error: {message}", err=True)
         sys.exit(2)
-    main(argv)

@@ -182,8 +182,8 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise BundleError(f"{path}: unreadable manifest: {exc}") from None
     sidecar = Path(bundle_dir) / MANIFEST_HASH_NAME
     if sidecar.is_file():
-        recorded = sidecar.read_text().split()[0] if sidecar.read_text().split() else ""
-        if hashlib.sha256(raw).hexdigest() != recorded:
+        recorded = sidecar.read_text().split()
+        if not recorded or hashlib.sha256(raw).hexdigest() != recorded[0]:
             raise BundleError(f"{path}: does not match {MANIFEST_HASH_NAME} (edited or corrupted after export)")
     return Manifest.from_dict(data, where=str(path))
 

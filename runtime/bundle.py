@@ -15,6 +15,7 @@ from pathlib import Path
 from medk2n.config import NormSpec
 from medk2n.errors import BundleError, ConfigError
 from medk2n.manifest import Manifest, ModelFile, TensorSpec, read_manifest, verify_bundle
+from medk2n.runtime.uncertainty import check_calibration
 
 # The IO contract every bundle follows (DESIGN.md, "Export"): name -> (dtype, dims after batch).
 INPUT_NAMES = ("x", "src", "tgt", "avail")
@@ -116,8 +117,6 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
     legacy = sorted(s.name for s in m.outputs) == sorted(LEGACY_OUTPUT_NAMES)
     _check_tensors(m.outputs, LEGACY_OUTPUT_NAMES if legacy else OUTPUT_NAMES, expected, m.batch, where)
     if m.uncertainty:
-        from medk2n.runtime.uncertainty import check_calibration  # noqa: PLC0415 - keeps bundle.py's imports minimal
-
         check_calibration(m.uncertainty, m.modalities, where)
 
 

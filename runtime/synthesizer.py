@@ -24,7 +24,7 @@ from medk2n.data.cases import normalise_modality_name
 from medk2n.data.mask import grow_2d
 from medk2n.data.nifti import MAX_VOXELS, VolumeInfo, check_volume_values
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
-from medk2n.data.standardize import standardize, standardize_slope
+from medk2n.data.standardize import standardize_with_slope
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.backends import BackendChoice, backend_chain, open_runner
 from medk2n.runtime.bundle import Bundle, load_bundle
@@ -203,8 +203,8 @@ class Synthesizer:
             if norm.standard is not None:
                 if head is None:
                     head = restored_head(prepared)
-                spread = spread * np.float32(standardize_slope(image, head))
-                image = standardize(image, head, norm.standard)
+                image, slope = standardize_with_slope(image, head, norm.standard)
+                spread = spread * np.float32(slope)
             outputs[target] = (image, np.maximum(spread, 0.0).astype(np.float32))
         return outputs
 

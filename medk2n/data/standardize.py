@@ -59,22 +59,20 @@ def standardize(volume: np.ndarray, mask: np.ndarray, standard: list[float]) -> 
     whose landmarks do not strictly increase (a flat region, an empty mask)
     comes back unchanged: there is no histogram to standardise.
     """
-    volume = np.asarray(volume, dtype=np.float32)
-    own = _percentile_marks(volume, mask)
-    if own is None or np.any(np.diff(own) <= 0):
-        return volume
-    return np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)
+    return standardize_with_slope(volume, mask, standard)[0]
 
 
-def standardize_slope(volume: np.ndarray, mask: np.ndarray) -> float:
-    """The mean slope of `standardize(volume, mask, ...)`: 1 over the span of its own 0.5-99.5 landmarks.
+def standardize_with_slope(volume: np.ndarray, mask: np.ndarray, standard: list[float]) -> tuple[np.ndarray, float]:
+    """`standardize`, and the map's mean slope: 1 over the span of the volume's own 0.5-99.5 landmarks.
 
     The map is piecewise linear and monotone; a per-voxel interval carried through it is scaled by
     its slope. The mean slope keeps the interval's voxel ranking and leaves the residual shape of
-    the map to the conformal calibration, which is fitted on standardised outputs. 1.0 where
-    `standardize` leaves the volume unchanged.
+    the map to the conformal calibration, which is fitted on standardised outputs. Slope 1.0 where
+    the volume comes back unchanged. One pass over the landmarks serves both.
     """
-    own = _percentile_marks(np.asarray(volume, dtype=np.float32), mask)
+    volume = np.asarray(volume, dtype=np.float32)
+    own = _percentile_marks(volume, mask)
     if own is None or np.any(np.diff(own) <= 0):
-        return 1.0
-    return float(1.0 / (own[-1] - own[0]))
+        return volume, 1.0
+    mapped = np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)
+    return mapped, float(1.0 / (own[-1] - own[0]))

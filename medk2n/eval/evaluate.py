@@ -20,6 +20,7 @@ from medk2n.data.geometry import geometry_mismatch
 from medk2n.data.nifti import VolumeInfo, read_volume
 from medk2n.errors import DataError
 from medk2n.eval.protocol import interval_space, score_volume, summarise
+from medk2n.eval.uncertainty import uncertainty_scores
 from medk2n.eval.references import mean_prediction, mean_templates
 from medk2n.runtime.synthesizer import Synthesizer
 
@@ -94,19 +95,21 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
             pred, scale = outputs[target]
             scale = scale if predictor.bundle.has_scale else None
             halfwidth = None if scale is None else predictor.halfwidth(target, scale, sources)
-            result.rows.append({"method": MODEL, "case": case.name, "target": target,
-                                **score_volume(pred, truth, mask, scale, physical, lesion, halfwidth)})
+            row = score_volume(pred, truth, mask, physical, lesion)
             if scale is not None and mask.any():
-                error, spread = interval_space(pred, truth, mask, scale, physical)
+                error, spreads = interval_space(pred, truth, mask, [scale] if halfwidth is None else [scale, halfwidth],
+                                                physical)
+                row.update(uncertainty_scores(error, spreads[0], None if halfwidth is None else spreads[1]))
                 step = max(1, len(error) // CURVE_VOXELS)
-                result.errors.setdefault(target, []).append((error[::step], spread[::step]))
+                result.errors.setdefault(target, []).append((error[::step], spreads[0][::step]))
+            result.rows.append({"method": MODEL, "case": case.name, "target": target, **row})
             for source in sources:
                 result.rows.append({"method": f"copy:{source}", "case": case.name, "target": target,
                                     **score_volume(volumes[source][0], truth, mask, lesion=lesion)})
             if target in templates:
                 guess = mean_prediction(templates[target], prepared, norms[target])
                 result.rows.append({"method": "mean-train", "case": case.name, "target": target,
-                                    **score_volume(guess, truth, mask, None, physical, lesion)})
+                                    **score_volume(guess, truth, mask, physical, lesion)})
             if len(result.examples) < examples * len(targets):
                 result.examples.append(_example(case.name, target, volumes, sources, pred, truth,
                                                 halfwidth if halfwidth is not None else scale, mask))

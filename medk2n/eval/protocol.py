@@ -27,10 +27,11 @@ costs whole-brain PSNR.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from medk2n.eval.metrics import mae, psnr, ssim
-from medk2n.eval.uncertainty import uncertainty_scores
 
 PSNR_CAP = 100.0  # identical volumes give inf; cap so means stay finite
 
@@ -49,38 +50,41 @@ def _percentile_interval(volume: np.ndarray, mask: np.ndarray, low: float = 0.5,
     return float(lo), float(hi)
 
 
-def interval_space(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, spread: np.ndarray,
-                   physical: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(|error|, spread) of the voxels in `mask`, in the space the protocol scores errors in.
+def percentile_slope(volume: np.ndarray, mask: np.ndarray) -> float:
+    """The slope of `percentile_scale(volume, mask)`: what carries a spread in the volume's units onto that scale."""
+    lo, hi = _percentile_interval(volume, mask)
+    return 1.0 / (hi - lo) if hi > lo else 0.0
 
-    `spread` is a scale or a half-width in the prediction's units. Export's conformal
+
+def interval_space(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, spreads: Sequence[np.ndarray],
+                   physical: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(|error|, [spread, ...]) of the voxels in `mask`, in the space the protocol scores errors in.
+
+    Each spread is a scale or a half-width in the prediction's units. Export's conformal
     calibration and the evaluation both call this, so an interval is fitted and judged on
     the same errors.
     """
     mask = np.asarray(mask, dtype=bool)
-    spread = np.asarray(spread, dtype=np.float32)
     if physical:
-        return np.abs(np.asarray(pred, np.float32) - np.asarray(truth, np.float32))[mask], spread[mask]
-    lo, hi = _percentile_interval(pred, mask)
-    slope = 1.0 / (hi - lo) if hi > lo else 0.0
-    error = np.abs(percentile_scale(pred, mask) - percentile_scale(truth, mask))
-    return error[mask], spread[mask] * np.float32(slope)
+        error, slope = np.abs(np.asarray(pred, np.float32) - np.asarray(truth, np.float32)), 1.0
+    else:
+        error = np.abs(percentile_scale(pred, mask) - percentile_scale(truth, mask))
+        slope = percentile_slope(pred, mask)
+    return error[mask], [np.asarray(s, dtype=np.float32)[mask] * np.float32(slope) for s in spreads]
 
 
 def score_volume(
     pred: np.ndarray,
     truth: np.ndarray,
     mask: np.ndarray,
-    scale: np.ndarray | None = None,
     physical: bool = False,
     lesion: np.ndarray | None = None,
-    halfwidth: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics for one synthesised volume; arrays share the input grid (slice axis last is not assumed).
 
     `lesion` (optional, same grid): lesion mask; adds lesion_mae and lesion_bias
-    when it has a voxel inside `mask`. `scale` (the predicted expected error) adds
-    uncertainty_spearman and ause; `halfwidth` (a calibrated interval) adds coverage.
+    when it has a voxel inside `mask`. The predicted error is scored by the caller, on
+    `interval_space`.
     """
     mask = np.asarray(mask, dtype=bool)
     p = percentile_scale(pred, mask)
@@ -103,10 +107,6 @@ def score_volume(
             out["lesion_bias"] = float(np.mean(p[inside] - t[inside], dtype=np.float64))
     if physical:
         out["masked_mae_physical"] = mae(pred, truth, mask)
-    if scale is not None and mask.any():
-        error, spread = interval_space(pred, truth, mask, scale, physical)
-        width = None if halfwidth is None else interval_space(pred, truth, mask, halfwidth, physical)[1]
-        out.update(uncertainty_scores(error, spread, width))
     return out
 
 

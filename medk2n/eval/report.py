@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medk2n.eval.evaluate import MODEL, EvalResult
-from medk2n.eval.protocol import percentile_scale
+from medk2n.eval.protocol import percentile_scale, percentile_slope
 from medk2n.eval.uncertainty import ause, save_risk_coverage, sparsification
 from medk2n.fsutil import write_atomic
 
@@ -113,7 +113,7 @@ def save_montage(result: EvalResult, path: Path) -> Path:
         panels = [(f"{s}", percentile_scale(img, mask)) for s, img in ex["sources"].items()]
         panels += [(f"synth {ex['target']}", pred), (f"true {ex['target']}", truth), ("|error|", np.abs(pred - truth))]
         if ex["spread"] is not None:
-            panels.append(("predicted error", _on_percentile_scale(ex["spread"], ex["pred"], mask)))
+            panels.append(("predicted error", ex["spread"] * percentile_slope(ex["pred"], mask)))
         for c, (name, img) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(np.rot90(img), cmap="magma" if name in ("|error|", "predicted error") else "gray",
@@ -127,9 +127,3 @@ def save_montage(result: EvalResult, path: Path) -> Path:
     write_atomic(path, png.getvalue())
     return path
 
-
-def _on_percentile_scale(spread: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """A spread in the prediction's units, carried by the slope of the prediction's percentile scaling."""
-    values = pred[mask] if mask.any() else pred.ravel()
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    return spread / (hi - lo) if hi > lo else np.zeros_like(spread)

@@ -132,9 +132,10 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[torch.n
             recorded = (handle.metadata() or {}).get(VOCAB_KEY)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: unreadable safetensors: {exc}") from None
-    if recorded is not None and json.loads(recorded) != list(cfg.model.modalities):
+    trained = None if recorded is None else json.loads(recorded)
+    if trained is not None and trained != list(cfg.model.modalities):
         raise CheckpointError(f"{directory / CONFIG}: modality vocabulary {list(cfg.model.modalities)} differs from "
-                              f"the one the weights were trained with {json.loads(recorded)}")
+                              f"the one the weights were trained with {trained}")
     text = state.get("text_embeddings")
     model = build_model(cfg.model, text_embeddings=text, pretrained=False)
     result = model.load_state_dict(state, strict=False)

@@ -34,7 +34,7 @@ def test_perfect_prediction_gives_ssim_one_and_zero_error():
     vol = rng.random((12, 10, 6)).astype(np.float32) * 500
     mask = np.zeros(vol.shape, bool)
     mask[2:10, 2:8, :] = True
-    scores = score_volume(vol, vol, mask, scale=None, physical=True)
+    scores = score_volume(vol, vol, mask, physical=True)
     assert scores["ssim"] == pytest.approx(1.0)
     assert scores["masked_ssim"] == pytest.approx(1.0)
     assert scores["mae"] == 0.0 and scores["masked_mae"] == 0.0

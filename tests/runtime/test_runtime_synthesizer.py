@@ -12,7 +12,7 @@ from runtime_fixtures import (NORMS, QUANTILE_SLOPE, SHAPE, edit_manifest, expec
 
 from medk2n.config import STANDARD_PERCENTILES
 from medk2n.data.mask import grow_2d
-from medk2n.data.standardize import standardize, standardize_slope
+from medk2n.data.standardize import standardize, standardize_with_slope
 from medk2n.data.nifti import VolumeInfo
 from medk2n.errors import BundleError, DataError
 from medk2n.runtime.bundle import load_bundle
@@ -212,8 +212,9 @@ def test_targets_with_a_standard_scale_are_standardised_inside_the_head(tmp_path
     np.testing.assert_array_equal(out["adc"][0], raw["adc"][0])  # physical units are never remapped
     np.testing.assert_array_equal(out["adc"][1], raw["adc"][1])
     # the scale follows the standardisation's mean slope (1 / span of the synthesis' own landmarks)
-    np.testing.assert_allclose(out["dwi"][1], raw["dwi"][1] * standardize_slope(raw["dwi"][0], head), rtol=1e-6)
-    assert standardize_slope(raw["dwi"][0], head) > 1.0  # a synthesis narrower than [0, 1] is stretched
+    slope = standardize_with_slope(raw["dwi"][0], head, skewed)[1]
+    np.testing.assert_allclose(out["dwi"][1], raw["dwi"][1] * slope, rtol=1e-6)
+    assert slope > 1.0  # a synthesis narrower than [0, 1] is stretched
 
 
 def test_a_model_trained_for_fixed_roles_refuses_others(tmp_path: Path) -> None:
