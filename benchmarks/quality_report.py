@@ -157,22 +157,37 @@ def _task_table(results: dict, task: dict) -> list[str]:
 
 
 def _ladder_table(results: dict) -> list[str]:
-    """Masked PSNR of B0..B5 per task with the change each added module brought, as measured."""
+    """Each module's measured effect: masked PSNR of B0..B5 per task, and the change the step's module brought,
+    paired per test subject (mean ± sd over subjects, exact Wilcoxon p)."""
     steps = [m for m in ("B0", "B1", "B2", "B3", "B4", "B5") if m in results["methods"]]
     if len(steps) < 2:
         return []
     keys = [t["key"] for t in results["tasks"]]
-    lines = ["| step | " + " | ".join(f"{k} mPSNR (Δ vs previous step)" for k in keys) + " |",
+    targets = {t["key"]: t["targets"] for t in results["tasks"]}
+    lines = ["| step (module added) | " + " | ".join(f"{k}: mPSNR; Δ vs previous step (p)" for k in keys) + " |",
              "|" + "---|" * (len(keys) + 1)]
     for i, step in enumerate(steps):
         cells = []
         for key in keys:
             now = results["summary"][key].get(step, {}).get(ALL, {}).get("masked_psnr", {}).get("mean")
-            before = results["summary"][key].get(steps[i - 1], {}).get(ALL, {}).get("masked_psnr", {}).get("mean")
-            delta = f" ({now - before:+.2f})" if i and now is not None and before is not None else ""
-            cells.append("–" if now is None else f"{now:.2f}{delta}")
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+            cell = "–" if now is None else f"{now:.2f}"
+            if i and now is not None:
+                rows = [r for r in results["rows"] if r.get("task") == key]
+                a, b = paired(*(per_subject([r for r in rows if r["method"] == m], "masked_psnr", targets[key])
+                                for m in (step, steps[i - 1])))
+                if len(a):
+                    delta = mean_sd(np.subtract(a, b))
+                    sign = "+" if (delta.get("mean") or 0) >= 0 else ""
+                    cell += f"; {sign}{format_mean_sd(delta)} ({format_p(wilcoxon_signed_rank(a, b))})"
+            cells.append(cell)
+        lines.append(f"| {step}{' (' + LADDER_MODULES[step] + ')' if step in LADDER_MODULES else ''} | "
+                     + " | ".join(cells) + " |")
     return lines
+
+
+# What each step of the ablation ladder adds to the one before (config.ABLATIONS).
+LADDER_MODULES = {"B1": "MultiScaleNet, prototypes, sequential fusion", "B2": "PreWeightNet", "B3": "ThresholdNet",
+                  "B4": "EffiWeightNet", "B5": "CMIM"}
 
 
 def _precision_table(results: dict) -> list[str]:

@@ -191,6 +191,10 @@ class TrainConfig:
     # (nnU-Net's oversample_foreground_percent); 0 = uniform over slices.
     lesion_oversample: float = 0.33
     augment: bool = True
+    # Probability that one auxiliary source of a sample is degraded (noise, motion ghosts, or another
+    # contrast under its name; data/artifacts.py) while its targets stay clean: the only way the
+    # fusion's gates ever see a source worth turning down. 0 = clean sources only.
+    source_artifacts: float = 0.2
     # Targets whose synthesis is histogram-standardised (data/standardize.py) onto the standard
     # scale of the training subjects' acquisitions, fitted before step 1 and stored in the
     # modality's normalisation. Off by default: it helps contrasts whose histogram has one layout

@@ -21,6 +21,7 @@ from typing import Sequence, TypeVar
 import numpy as np
 
 from medk2n.config import NormSpec
+from medk2n.data.artifacts import ARTIFACTS, degrade
 from medk2n.data.cases import Case, load_case, normalise_modality_name, scan_generic_case
 from medk2n.data.normalize import as_norm_spec
 from medk2n.data.nifti import read_volume
@@ -79,6 +80,7 @@ class SliceDataset:
         reference: str | None = None,
         sources: Sequence[str] | None = None,
         targets: Sequence[str] | None = None,
+        source_artifacts: float = 0.0,
     ) -> None:
         if max_sources < 1 or max_targets < 1:
             raise DataError(f"max_sources and max_targets must be >= 1, got {max_sources}, {max_targets}")
@@ -88,6 +90,9 @@ class SliceDataset:
         self._pooled = bool(sources) or bool(targets)
         self.max_sources, self.max_targets = int(max_sources), int(max_targets)
         self.seed, self.epoch, self.augment = int(seed), 0, bool(augment)
+        if not 0.0 <= source_artifacts <= 1.0:
+            raise DataError(f"source_artifacts is a probability, got {source_artifacts}")
+        self.source_artifacts = float(source_artifacts)
         self.set_stage(stage)
         self._gamma_ok = np.array([as_norm_spec(norms[m]).kind == "percentile" for m in self.modalities])
         self.skipped: list[tuple[str, str]] = []
@@ -212,7 +217,10 @@ class SliceDataset:
         flip, gamma = rng.random() < 0.5, float(np.exp(rng.uniform(-_LOG_GAMMA, _LOG_GAMMA)))
         if self.augment:
             images, mask, lesion = self._augment(images, mask, lesion, case.ids, flip, gamma)
-        x, src_ids, avail = _pad(images[src], case.ids[src], self.max_sources)
+        sources = images[src]
+        if self.source_artifacts and len(src) > 1 and rng.random() < self.source_artifacts:
+            sources = self._degrade_auxiliary(sources, images, src, rng)
+        x, src_ids, avail = _pad(sources, case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {
             "x": x,
@@ -224,6 +232,19 @@ class SliceDataset:
             "mask": mask,
             "lesion": lesion,
         }
+
+    def _degrade_auxiliary(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray,
+                           rng: np.random.Generator) -> np.ndarray:
+        """One auxiliary source (slot >= 1) degraded by a random artefact (data.artifacts); targets untouched."""
+        slot = int(rng.integers(1, len(src)))
+        kind = ARTIFACTS[int(rng.integers(0, len(ARTIFACTS)))]
+        others = [i for i in range(len(images)) if i != src[slot]]
+        other = images[others[int(rng.integers(0, len(others)))]] if others else None
+        if kind == "contrast" and other is None:
+            kind = "noise"
+        sources = sources.copy()
+        sources[slot] = degrade(sources[slot], kind, rng, other)
+        return sources
 
     def _draw_counts(self, rng: np.random.Generator, available: int, stage: str) -> tuple[int, int]:
         many_sources, many_targets = STAGES[stage]

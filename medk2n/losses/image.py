@@ -90,6 +90,8 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pad = SSIM_WINDOW // 2
     moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     moments = F.pad(moments, (pad, pad, pad, pad), mode="reflect")
+    # Channels-last: oneDNN's grouped convolution is ~4x faster on CPU in this layout (values are the same).
+    moments = moments.contiguous(memory_format=torch.channels_last)
     moments = F.conv2d(moments, taps.view(1, 1, -1, 1).expand(5, 1, -1, 1), groups=5)
     moments = F.conv2d(moments, taps.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
     mu_x, mu_y, xx, yy, xy = moments.unbind(dim=1)

@@ -18,7 +18,10 @@ tensor values, so tracing unrolls it into one graph for fixed K.
 
 Which weight w_eff is applied follows the ablation ladder (config.ABLATIONS):
 B1 none (1), B2 PreWeightNet's w, B3 w thresholded by ThresholdNet's tau,
-B4/B5 EffiWeightNet's spatial map.
+B4/B5 EffiWeightNet's spatial map, filtered by the same threshold step as B3
+(tau is the bar w has to clear, not only one more input of EffiWeightNet).
+The same w_eff weighs the frame's pixels in the decoder's fine-scale paths
+(heads.mix_slots), so a frame the gates turn down does not leak back there.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from medk2n.models.gates import (
     PreWeightNet,
     ThresholdNet,
     conflict_statistics,
+    threshold_filter,
     threshold_weight,
 )
-from medk2n.models.memory import TaskMemory
+from medk2n.models.prototypes import TaskPrototypes
 
 # Width of the soft acceptance step in units of predicted mean absolute error
 # (intensities are in [0,1]): a 0.02 predicted improvement gives ~0.9.
@@ -99,13 +103,13 @@ class SequentialFusion(nn.Module):
     def __init__(
         self,
         dim: int,
-        memory: TaskMemory,
+        prototypes: TaskPrototypes,
         preweight: PreWeightNet | None,
         threshold: ThresholdNet | None,
         effiweight: EffiWeightNet | None,
     ) -> None:
         super().__init__()
-        self.memory = memory
+        self.prototypes = prototypes
         self.preweight = preweight
         self.threshold = threshold
         self.effiweight = effiweight
@@ -126,21 +130,24 @@ class SequentialFusion(nn.Module):
         trace: dict[str, list[torch.Tensor]] = {}
         for k in range(1, feats.shape[1]):
             gates, candidate = self._propose(state, feats[:, k], src[:, k], tgt, c_task, c_modal[:, k])
+            # Q's verdict, detached: Q is a predictor trained only against real errors (losses.quality).
+            # Letting the image loss through the gate into Q taught Q to call every candidate worse
+            # (a shortcut that closed the gate) instead of predicting the error.
             dq = self._score(state, c_task) - self._score(candidate, c_task)
             gates["accept"] = self._accept(dq) * avail[:, k]
             state = state + gates["accept"].view(-1, 1, 1, 1) * (candidate - state)
             for name, value in gates.items():
                 trace.setdefault(name, []).append(value)
         return FusionResult(
-            features=self.memory(state, tgt),
+            features=self.prototypes(state, tgt),
             error_map=self.quality(state, c_task),
             gates={name: torch.stack(values, dim=1) for name, values in trace.items()},
         )
 
     def _propose(self, state, aux, aux_src, tgt, c_task, c_modal) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gate values for one auxiliary frame ([M] or [M,h,w]) and the fused state it would give."""
-        aux_task = self.memory(aux, tgt)
-        memory_read = self.memory.read(state, tgt)
+        aux_task = self.prototypes(aux, tgt)
+        memory_read = self.prototypes.read(state, tgt)
         gates: dict[str, torch.Tensor] = {}
         w = aux_task.new_ones(aux_task.shape[0], 1)  # B1 has no PreWeightNet
         if self.preweight is not None:
@@ -152,6 +159,8 @@ class SequentialFusion(nn.Module):
             gates["tau"] = tau[:, 0]
         if self.effiweight is not None:
             w_eff = self.effiweight(w, tau, memory_read, aux_task, c_task, c_modal)
+            if tau is not None:  # ThresholdNet filters here as in B3: below its bar the frame fades out
+                w_eff = w_eff * threshold_filter(w, tau).view(-1, 1, 1, 1)
         elif tau is not None:
             w_eff = threshold_weight(w, tau).view(-1, 1, 1, 1)
         else:

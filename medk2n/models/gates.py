@@ -5,6 +5,7 @@ equations between the task memory, eq. 2-3, and CMIM, eq. 12-13):
   PreWeightNet   w_ij  = sigmoid(MLP[x_task-aware, m_j])                 global weight
   ThresholdNet   tau_ij = 0.05 + 0.85 sigmoid(MLP(GateController[w, m, C_ij, p_ij]))
   EffiWeightNet  w_eff = clamp(sigmoid(MLP(Proj[w, tau, m, x_gate, c_task, c_modal])), eps, 1-eps)
+                 (B4/B5 then multiply it by the threshold step sigmoid((w - tau) / 0.05), as B3 applies it)
 x_task-aware is the auxiliary feature after the task-memory read (eq. 3),
 m_j the memory readout of the current fused state, C_ij the agreement between
 base and auxiliary features, p_ij a learned prior for the (source modality,
@@ -110,6 +111,11 @@ class EffiWeightNet(nn.Module):
         return torch.clamp(torch.sigmoid(logits), self.eps, 1.0 - self.eps)
 
 
+def threshold_filter(w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Soft step in (0,1): ~1 where w clears tau, fading to 0 below it."""
+    return torch.sigmoid((w - tau) / THRESHOLD_SOFTNESS)
+
+
 def threshold_weight(w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """B3 without EffiWeightNet: keep w where it clears tau, fade it out below (soft step)."""
-    return w * torch.sigmoid((w - tau) / THRESHOLD_SOFTNESS)
+    return w * threshold_filter(w, tau)

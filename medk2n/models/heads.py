@@ -1,13 +1,22 @@
-"""TaskHeadNet: candidate decoders per target, a quality evaluator, and selection.
+"""TaskHeadNet: a shared decoder per target, Kh candidate heads, a quality evaluator, and selection.
 
-Every target gets `num_candidate_heads` decoders from the fused stride-8 state
-(plus the present frames' stride-4 FPN level) up to full resolution. Hiera's
-finest level is stride 4, so on its own the decoder can only paint what a
-16x16 grid holds at 64^2: `SourceDetail` gives it the present source pixels
-themselves at full, half and quarter resolution (modality-aware, averaged over
-the present slots, absent ones weighted exactly 0), the way U-Net skips and
-SAM2's high-resolution decoder features do, so edges, CSF and small lesions
-survive into the synthesis. Every decoder layer is conditioned on the target.
+Every target gets one decoder from the fused stride-8 state (plus the slots'
+stride-4 FPN level) up to full resolution. Hiera's finest level is stride 4,
+so on its own the decoder can only paint what a 16x16 grid holds at 64^2:
+`SourceDetail` gives it the source pixels themselves at full, half and quarter
+resolution (modality-aware), the way U-Net skips and SAM2's high-resolution
+decoder features do, so edges, CSF and small lesions survive into the
+synthesis. The slots are mixed per target with the fusion's gates, so the
+gates govern the fine-scale paths as well as the stride-8 state: a frame they
+turn down does not leak back through its pixels. Every decoder layer is
+conditioned on the target.
+
+The Kh candidate heads share that decoder and differ in their last two layers
+(a full-resolution decoder per head cost a whole decoder's time per head, and
+identical heads trained by identical losses were near-duplicates): the loss
+gives most of each image's candidate loss to the head that is best on it
+(relaxed winner-takes-all, losses.head_weights), so the heads specialise and
+choosing between them is a real choice.
 A quality evaluator predicts each candidate's per-pixel Laplace scale b,
 trained by the heteroscedastic Laplace likelihood |y - mu|/b + log b inside
 the head (losses.quality): the likelihood that matches the L1 objective, whose
@@ -36,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medk2n.models.blocks import FiLM, SeparableConv, expand_targets, group_norm, present_mean
+from medk2n.models.blocks import FiLM, SeparableConv, expand_targets, group_norm
 
 # Soft selection in training: a 0.01 gap in predicted mean error gives the better head e-times the weight.
 SELECTION_TEMPERATURE = 0.01
@@ -60,8 +69,14 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
+def cat_channels(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on channels in channels-last layout: torch.cat returns a contiguous tensor whatever its
+    inputs, and oneDNN's depthwise convolution runs ~2x slower on CPU from that layout (same values)."""
+    return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+
+
 class SourceDetail(nn.Module):
-    """A small convolutional pyramid over each source slice (full, 1/2, 1/4 resolution), mixed per target.
+    """A small convolutional pyramid over each source slice (full, 1/2, 1/4 resolution), per slot.
 
     Hiera starts at stride 4, so this is the decoder's only view of the source pixels,
     the way a U-Net's encoder skips are: contrast synthesis is mostly a per-voxel map of
@@ -69,13 +84,10 @@ class SourceDetail(nn.Module):
     lesions) are a few percent of a slice. Each level is group-normalised, as the U-Net's
     blocks are (unnormalised, a thin path learnt those voxels far more slowly: T2 of CSF
     stayed grey after the demo's 2000 steps), and conditioned on the slot's modality, so
-    the slot mean keeps FLAIR's and ADC's intensities in different channels.
+    FLAIR's and ADC's intensities land in different channels.
 
-    Every present slot counts alike, not as far as the fusion accepted it: the gates judge
-    whether a frame's *deep features* improve the fused state, and on a frame whose coarse
-    features add little they reject it outright in eval (hard acceptance); following them
-    here threw away that source's pixels too, and a FLAIR+ADC model synthesised T2 from
-    FLAIR alone, bright CSF lost.
+    The slots are mixed per target by TaskHeadNet with the fusion's gates (`slot_weights`),
+    so a source the gates turn down does not come back through its pixels.
     """
 
     def __init__(self, cond_dim: int, width: int) -> None:
@@ -91,20 +103,32 @@ class SourceDetail(nn.Module):
         self.act = nn.GELU()
         self.width = width
 
-    def forward(self, x: torch.Tensor, c_modal: torch.Tensor, avail: torch.Tensor) -> list[torch.Tensor]:
-        """x [B,K,H,W], c_modal [B,K,D], avail [B,K] ->
-        [full [B,W,H,W], half [B,W,H/2,W/2], quarter [B,2W,H/4,W/4]], each the mean over present slots."""
+    def forward(self, x: torch.Tensor, c_modal: torch.Tensor) -> list[torch.Tensor]:
+        """x [B,K,H,W], c_modal [B,K,D] -> [full [B,K,W,H,W], half [B,K,W,H/2,W/2], quarter [B,K,2W,H/4,W/4]]."""
         c = c_modal.flatten(0, 1)
         n = self.norms
         h = self.act(n[0](self.stem(x.flatten(0, 1).unsqueeze(1))) + self.modality(c)[:, :, None, None])
         full = self.act(self.modality_film(n[1](self.refine(h)), c))
         half = self.act(n[3](self.refine_half(self.act(n[2](self.down_half(full))))))
         quarter = self.act(n[4](self.down_quarter(half)))
-        return [present_mean(t.unflatten(0, x.shape[:2]), avail) for t in (full, half, quarter)]
+        return [t.unflatten(0, x.shape[:2]) for t in (full, half, quarter)]
 
 
-class CandidateHead(nn.Module):
-    """Stride 4 -> full resolution with source detail; returns (image in (0,1), last hidden features)."""
+def mix_slots(slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-target weighted mean of per-slot maps: slots [B,K,C,H,W], weights [B,N,K,h,w] (any h,w dividing H,W;
+    0 = slot ignored) -> [B*N,C,H,W]. The weights are resized to the level bilinearly."""
+    b, k, c, hh, ww = slots.shape
+    n = weights.shape[1]
+    w = weights.flatten(0, 2).unsqueeze(1)
+    if w.shape[-2:] != (hh, ww):
+        w = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)
+    w = w.unflatten(0, (b, n, k))  # [B,N,K,1,H,W]
+    total = (w * slots.unsqueeze(1)).sum(dim=2)
+    return (total / w.sum(dim=2).clamp_min(1e-6)).flatten(0, 1)
+
+
+class DecoderTrunk(nn.Module):
+    """Stride 4 -> full resolution with source detail, shared by the candidate heads; returns hidden features."""
 
     def __init__(self, dim: int, detail: int, cond_dim: int) -> None:
         super().__init__()
@@ -119,32 +143,49 @@ class CandidateHead(nn.Module):
         # voxel maps to opposite intensities in different targets (CSF bright on T2, dark on
         # DWI/T1), which shared layers fed target-modulated inputs only fit as a compromise.
         self.films = nn.ModuleList(FiLM(cond_dim, c) for c in (mid, fine, 2 * fine))
-        self.out = nn.Conv2d(fine, 1, kernel_size=3, padding=1)
         self.act = nn.GELU()
         self.hidden_dim = fine
 
-    def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor,
-                cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.act(self.films[0](self.up1(torch.cat([upsample2(x), half], dim=1)), cond))
-        h = self.act(self.films[1](self.up2(torch.cat([upsample2(h), full], dim=1)), cond))
-        h = self.act(h + self.pixel_out(self.act(self.films[2](self.pixel_in(h), cond))))
-        return torch.sigmoid(self.out(h)), h
+    def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.films[0](self.up1(cat_channels([upsample2(x), half])), cond))
+        h = self.act(self.films[1](self.up2(cat_channels([upsample2(h), full])), cond))
+        return self.act(h + self.pixel_out(self.act(self.films[2](self.pixel_in(h), cond))))
+
+
+class CandidateHeads(nn.Module):
+    """Kh candidate syntheses from the shared hidden features, each its own per-pixel MLP (one pointwise and
+    one grouped pointwise convolution for all heads: a 3x3 output convolution per head cost as much as the
+    rest of the heads on CPU). They differ because the loss makes them specialise (losses.head_weights:
+    the best head of each image takes most of the candidate loss), not by their initialisation alone."""
+
+    def __init__(self, hidden: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.pixel = nn.Conv2d(hidden, num_heads * hidden, kernel_size=1)
+        self.out = nn.Conv2d(num_heads * hidden, num_heads, kernel_size=1, groups=num_heads)
+        self.act = nn.GELU()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[M,C,H,W] -> candidates in (0,1) [M,Kh,H,W]."""
+        return torch.sigmoid(self.out(self.act(self.pixel(hidden))))
 
 
 class QualityEvaluator(nn.Module):
-    """Per-pixel Laplace scale b (expected absolute error) of one candidate, given its features and image."""
+    """Per-pixel Laplace scale b (expected absolute error) of every candidate, given the shared features and all
+    candidates at once (so it can judge each against the others)."""
 
-    def __init__(self, hidden_dim: int, cond_dim: int) -> None:
+    def __init__(self, hidden_dim: int, cond_dim: int, num_heads: int) -> None:
         super().__init__()
-        self.inp = nn.Conv2d(hidden_dim + 1, hidden_dim, kernel_size=1)
+        self.inp = nn.Conv2d(hidden_dim + num_heads, hidden_dim, kernel_size=1)
         self.film = FiLM(cond_dim, hidden_dim)
         self.spatial = SeparableConv(hidden_dim, hidden_dim)
-        self.out = nn.Conv2d(hidden_dim, 1, kernel_size=1)
+        self.out = nn.Conv2d(hidden_dim, num_heads, kernel_size=1)
         nn.init.constant_(self.out.bias, -3.0)  # b starts near 0.05, the order of a first synthesis' error
         self.act = nn.GELU()
 
-    def forward(self, hidden: torch.Tensor, image: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.film(self.inp(torch.cat([hidden, image], dim=1)), c_task))
+    def forward(self, hidden: torch.Tensor, candidates: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
+        """hidden [M,C,H,W], candidates [M,Kh,H,W] -> scale [M,Kh,H,W]."""
+        h = self.act(self.film(self.inp(torch.cat([hidden, candidates], dim=1)), c_task))
         return laplace_scale(self.out(self.act(self.spatial(h))))
 
 
@@ -170,27 +211,25 @@ class TaskHeadNet(nn.Module):
         # Target-aware pixel mapping: the same source edge means a different intensity in each target.
         w = self.detail.width
         self.detail_film = nn.ModuleList(FiLM(dim, c) for c in (w, w, 2 * w))
-        self.heads = nn.ModuleList(CandidateHead(trunk, self.detail.width, dim) for _ in range(num_heads))
-        self.evaluator = QualityEvaluator(self.heads[0].hidden_dim, dim)
+        self.decoder = DecoderTrunk(trunk, self.detail.width, dim)
+        self.heads = CandidateHeads(self.decoder.hidden_dim, num_heads)
+        self.evaluator = QualityEvaluator(self.decoder.hidden_dim, dim, num_heads)
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, x: torch.Tensor,
-                c_modal: torch.Tensor, avail: torch.Tensor) -> HeadOutput:
-        """features [B,N,D,h,w] (stride 8), skip [B,S,2h,2w] (base frame, stride 4), c_task [B,N,D];
-        x [B,K,H,W], c_modal [B,K,D] and avail [B,K] for the source detail."""
+                c_modal: torch.Tensor, avail: torch.Tensor, slot_weights: torch.Tensor) -> HeadOutput:
+        """features [B,N,D,h,w] (stride 8); skip [B,K,S,2h,2w] (each slot's stride-4 level); c_task [B,N,D];
+        x [B,K,H,W], c_modal [B,K,D], avail [B,K]; slot_weights [B,N,K,h',w'] how much of each present slot
+        reaches each target's fine-scale paths (0 for absent slots)."""
         n = features.shape[1]
         cond = c_task.flatten(0, 1)
-        full, half, quarter = (self.act(film(expand_targets(t, n), cond))
-                               for film, t in zip(self.detail_film, self.detail(x, c_modal, avail)))
-        skip = expand_targets(self.skip(skip), n)
+        full, half, quarter = (self.act(film(mix_slots(t, slot_weights), cond))
+                               for film, t in zip(self.detail_film, self.detail(x, c_modal)))
+        skip = self.skip(mix_slots(skip, slot_weights))
         t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip, quarter], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
-        images, errors = [], []
-        for head in self.heads:
-            image, hidden = head(t, half, full, cond)
-            images.append(image)
-            errors.append(self.evaluator(hidden.detach(), image.detach(), cond))
-        candidates = torch.cat(images, dim=1)  # [M,Kh,H,W]
-        quality = torch.cat(errors, dim=1)
+        hidden = self.decoder(t, half, full, cond)
+        candidates = self.heads(hidden)  # [M,Kh,H,W]
+        quality = self.evaluator(hidden.detach(), candidates.detach(), cond)
         support = expand_targets(signal_support(x, avail), n)
         image, scale = self._select(candidates, quality, support)
         return HeadOutput(

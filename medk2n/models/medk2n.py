@@ -2,13 +2,13 @@
 
     x [B,K,H,W] --SliceEncoder (SAM2 Hiera + LoRA, per-modality input map)--> FPN levels per frame
               --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
-              --SequentialFusion per target (task memory, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
-              --TaskHeadNet (+ present frames' stride-4 level, source pixels at full/half resolution,
-                task embedding c_task)--> images, scale
+              --SequentialFusion per target (task prototypes, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
+              --TaskHeadNet (+ the slots' stride-4 level and source pixels at full/half/quarter
+                resolution, mixed per target by the gates' w_eff; task embedding c_task)--> images, scale
 
 Ablations (config.ABLATIONS) decide which modules exist: B0 builds the
 encoder and heads only and averages the present frames' features; B1 adds
-MultiScaleNet, the task memory and the sequential fusion with quality
+MultiScaleNet, the task prototypes ("task memory") and the sequential fusion with quality
 acceptance; B2..B4 add PreWeightNet, ThresholdNet, EffiWeightNet; B5 adds the
 CMIM image embedder used by the training losses.
 """
@@ -27,7 +27,7 @@ from medk2n.models.fusion import SequentialFusion
 from medk2n.models.gates import EffiWeightNet, PreWeightNet, ThresholdNet
 from medk2n.models.heads import TaskHeadNet
 from medk2n.models.lora import merge_lora
-from medk2n.models.memory import TaskMemory
+from medk2n.models.prototypes import TaskPrototypes
 from medk2n.models.multiscale import MultiScaleNet, SingleScale
 from medk2n.models.output import K2NOutput, check_inputs
 
@@ -49,7 +49,7 @@ class MedK2N(nn.Module):
         self.fusion = (
             SequentialFusion(
                 dim,
-                TaskMemory(vocab, dim, cfg.memory_slots),
+                TaskPrototypes(vocab, dim, cfg.memory_slots),
                 PreWeightNet(dim) if switches["preweight"] else None,
                 ThresholdNet(dim, vocab) if switches["threshold"] else None,
                 EffiWeightNet(dim, cfg.eps) if switches["effiweight"] else None,
@@ -85,16 +85,34 @@ class MedK2N(nn.Module):
     def merge_lora(self) -> None:
         merge_lora(self)
 
+    def _encode(self, x: torch.Tensor, src: torch.Tensor, avail: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder levels [B*K,D,h,w] per slot. In training only the present frames are encoded (early in the
+        curriculum half the slots are padding); an absent slot's levels are zeros, which nothing downstream
+        reads (every use is weighted by avail). Eval and export encode every slot: one static graph."""
+        if not self.training or bool(avail.all()):
+            return self.encoder(x, src)
+        present = avail.flatten() > 0
+        encoded = self.encoder(x.flatten(0, 1)[present].unsqueeze(1), src.flatten()[present].unsqueeze(1))
+        levels = []
+        for level in encoded:
+            full = level.new_zeros((present.numel(), *level.shape[1:]))
+            full[present] = level
+            levels.append(full)
+        return levels
+
     def _synthesize(self, x, src, tgt, avail) -> K2NOutput:
         check_inputs(x, src, tgt, avail)
         k, n = x.shape[1], tgt.shape[1]
         avail = torch.ones_like(x[:, :, 0, 0]) if avail is None else avail.to(x.dtype)
-        levels = self.encoder(x, src)
+        levels = self._encode(x, src, avail)
         c_modal = self.modality_embed(src)  # [B,K,C]
         feats = self.scales(levels).unflatten(0, (-1, k)) + c_modal.unsqueeze(-1).unsqueeze(-1)
         c_task = self.task_embed(tgt)  # [B,N,C]
         gates: dict[str, torch.Tensor] = {}
         state_error = None
+        # How much of each slot reaches each target's fine-scale paths: every present slot alike
+        # without a fusion (B0), else the base frame fully and each auxiliary frame by its w_eff.
+        slot_weights = avail[:, None, :, None, None].expand(-1, n, -1, 1, 1)
         if self.fusion is None:
             fused = present_mean(feats, avail).unsqueeze(1).expand(-1, n, -1, -1, -1)
         else:
@@ -105,9 +123,10 @@ class MedK2N(nn.Module):
             fused = result.features.unflatten(0, (-1, n))
             gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
             state_error = result.error_map[:, 0].unflatten(0, (-1, n))
-        # Stride-4 skip: the present frames' finest level, not the first slot's alone.
-        base_detail = present_mean(levels[0].unflatten(0, (-1, k)), avail)
-        heads = self.heads(fused, base_detail, c_task, x, c_modal, avail)
+            if k > 1:
+                w_eff = gates["w_eff"]  # [B,N,K-1,h,w]
+                slot_weights = torch.cat([torch.ones_like(w_eff[:, :, :1]), w_eff], dim=2) * avail[:, None, :, None, None]
+        heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,

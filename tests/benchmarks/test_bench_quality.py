@@ -75,8 +75,8 @@ def test_markdown_tables_from_fixed_results():
     assert "21.00 ± 1.87" in unet and "0.0312" in unet
     assert any(line.startswith("| adc | copy:flair (copy of source) |") for line in lines)
     assert any(line.startswith("| dwi | mean training image |") for line in lines)
-    # Ladder: only B4 -> B5 present, and the gain is reported as measured.
-    assert "| B5 | 23.00 (+1.00) |" in text
+    # Ladder: only B4 -> B5 present; the module's gain is paired per subject, with its spread and p.
+    assert "| B5 (CMIM) | 23.00; +1.00 ± 0.00 (0.0312) |" in text
     assert "| flair->adc,dwi | int8 | 22.50 ± 1.87" in text and "-0.500 ± 0.000" in text
     assert "int8 parity vs onnx-fp32 passed; INT8 masked-PSNR drop 1.50 dB failed, exported with --force" in text
     assert "1 min of training wall-clock per method" in text and "B4 120 of 122" in text

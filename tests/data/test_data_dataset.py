@@ -205,3 +205,22 @@ def test_items_carry_the_shipped_lesion_mask_through_flips(tmp_path, write_case)
             inside = (flair_image * cover).sum() / cover.sum()
             mirrored = (flair_image * cover[..., ::-1]).sum() / cover.sum()  # where an unflipped mask would be
             assert cover.max() > 0.5 and inside > mirrored + 0.3
+
+
+def test_source_artifacts_degrade_one_auxiliary_source_never_the_base_or_targets(dataset_root):
+    clean, faulty = make(dataset_root, source_artifacts=0.0), make(dataset_root, source_artifacts=1.0)
+    degraded = 0
+    for i in range(len(clean)):
+        a, b = clean.sample(i, "kton", np.random.default_rng(i)), faulty.sample(i, "kton", np.random.default_rng(i))
+        # Same draw of sources and targets (the artefact draws come after), clean targets, base slot untouched.
+        for key in ("src", "tgt", "avail", "tgt_valid", "target", "mask"):
+            np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a["x"][0], b["x"][0])
+        if a["avail"][1] == 1:
+            degraded += int(not np.array_equal(a["x"][1], b["x"][1]))
+            assert 0.0 <= b["x"][1].min() and b["x"][1].max() <= 1.0
+        else:
+            np.testing.assert_array_equal(a["x"], b["x"])
+    assert degraded > 0
+    with pytest.raises(DataError, match="probability"):
+        make(dataset_root, source_artifacts=1.5)

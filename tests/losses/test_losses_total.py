@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medk2n.config import LossConfig, preset
-from medk2n.losses import total_loss
+from medk2n.losses import head_weights, total_loss
 from medk2n.models import build_model
 
 
@@ -94,17 +94,21 @@ def test_lesion_term_is_the_l1_inside_the_lesion_cover():
         loss, parts = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid, lesion=lesion)
         without, none = total_loss(out, target, tgt, model, LossConfig(), tgt_valid=valid)
 
-        def by_hand(images: torch.Tensor) -> float:  # images [B,N,H,W]
+        def by_hand(images: torch.Tensor, share=lambda b, n: 1.0) -> float:  # images [B,N,H,W]
             total = weight = 0.0
             for b in range(2):
                 for n in range(2):
                     w = lesion[b] * valid[b, n]
-                    total += float(((images[b, n] - target[b, n]).abs() * w).sum())
+                    total += share(b, n) * float(((images[b, n] - target[b, n]).abs() * w).sum())
                     weight += float(w.sum())
             return total / weight
 
+        # Across heads the term is weighted by the relaxed winner-takes-all shares (best head on the image).
+        shares = head_weights(out.candidates, target, valid[:, :, None, None].expand_as(target))[..., 0, 0]
+        assert torch.allclose(shares.sum(dim=2), torch.ones(2, 2))
         heads = out.candidates.shape[2]
-        expected = by_hand(out.images) + sum(by_hand(out.candidates[:, :, h]) for h in range(heads))
+        expected = by_hand(out.images) + sum(by_hand(out.candidates[:, :, h], lambda b, n, h=h: float(shares[b, n, h]))
+                                             for h in range(heads))
     assert parts["lesion"] == pytest.approx(expected, rel=1e-5)
     assert none["lesion"] == 0.0
     assert (loss - without).item() == pytest.approx(LossConfig().lesion * parts["lesion"], rel=1e-4)

@@ -1,7 +1,7 @@
 import torch
 
 from medk2n.models.gates import EffiWeightNet, PreWeightNet, ThresholdNet, conflict_statistics
-from medk2n.models.memory import TaskMemory
+from medk2n.models.prototypes import TaskPrototypes
 
 D, M = 16, 6
 
@@ -61,7 +61,7 @@ def test_conflict_statistics_separate_agreeing_from_conflicting_frames():
 
 def test_task_memory_readout_depends_on_the_task():
     torch.manual_seed(0)
-    memory = TaskMemory(num_tasks=7, dim=D, slots=8)
+    memory = TaskPrototypes(num_tasks=7, dim=D, slots=8)
     x = _maps()[:2]
     a = memory.read(x, torch.tensor([0, 0]))
     b = memory.read(x, torch.tensor([3, 3]))

@@ -91,10 +91,10 @@ def test_gradients_reach_adapters_fusion_heads_and_embedder(make_model, make_inp
     groups = {
         "modality_input": model.encoder.modality_input, "neck": model.encoder.image_encoder.neck,
         "multiscale": model.scales, "modality_embed": model.modality_embed, "task_embed": model.task_embed,
-        "memory": fusion.memory, "preweight": fusion.preweight, "threshold": fusion.threshold,
+        "prototypes": fusion.prototypes, "preweight": fusion.preweight, "threshold": fusion.threshold,
         "effiweight": fusion.effiweight, "shared": fusion.shared, "quality": fusion.quality,
         "evaluator": model.heads.evaluator, "embedder": model.embedder,
-        **{f"head{i}": head for i, head in enumerate(model.heads.heads)},
+        "decoder": model.heads.decoder, "candidate_heads": model.heads.heads,
     }
     missing = [name for name, module in groups.items() if not _group_has_gradient(module)]
     assert not missing

@@ -163,3 +163,22 @@ def test_training_roles_are_checked_against_the_vocabulary(sources, targets, mes
         ExperimentConfig.from_dict(data)
     data["train"].update(sources=["FLAIR", "adc"], targets=["dwi"])
     assert ExperimentConfig.from_dict(data).train.sources == ["flair", "adc"]
+
+
+def test_trim_padding_drops_only_columns_that_are_padding_in_every_sample():
+    from medk2n.train.loop import trim_padding
+
+    batch = {
+        "x": torch.rand(3, 2, 8, 8), "src": torch.tensor([[1, 0], [2, 0], [3, 0]]),
+        "avail": torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]),
+        "target": torch.rand(3, 4, 8, 8), "tgt": torch.tensor([[4, 5, 0, 0], [4, 0, 0, 0], [6, 0, 0, 0]]),
+        "tgt_valid": torch.tensor([[1.0, 1.0, 0, 0], [1.0, 0, 0, 0], [1.0, 0, 0, 0]]),
+        "mask": torch.ones(3, 8, 8), "lesion": torch.zeros(3, 8, 8),
+    }
+    out = trim_padding(batch)
+    assert out["x"].shape[1] == out["src"].shape[1] == out["avail"].shape[1] == 1
+    assert out["target"].shape[1] == out["tgt"].shape[1] == out["tgt_valid"].shape[1] == 2
+    torch.testing.assert_close(out["target"], batch["target"][:, :2])
+    assert out["mask"] is batch["mask"]
+    full = trim_padding({**batch, "avail": torch.ones(3, 2), "tgt_valid": torch.ones(3, 4)})
+    assert full["x"].shape[1] == 2 and full["target"].shape[1] == 4

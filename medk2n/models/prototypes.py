@@ -1,10 +1,15 @@
-"""Task memory banks (paper eq. 2-3).
+"""Task prototypes: the paper's "task memory" (eq. 2-3), named for what it is.
 
 Each target modality j owns a learnable bank M_j in R^{D x S} (S slots). A
 feature map reads it by attention, pixel by pixel:
     m_j = softmax(q(x) k(M_j)^T / sqrt(D)) v(M_j)        (eq. 2)
     x_task-aware = x + m_j                                (eq. 3)
 so the same source features become specific to what is being synthesised.
+Nothing writes the bank at run time or from the fusions: it is a set of
+per-target prototypes learnt by gradient descent like any weight. A written
+memory (slots updated from accepted fused states) would make a prediction
+depend on the cases served before it, which a deployed synthesis must not,
+so the name says what the module does.
 The bank for each sample is gathered by target id, which keeps the target an
 input of the exported graph rather than a constant.
 """
@@ -17,7 +22,7 @@ import torch
 from torch import nn
 
 
-class TaskMemory(nn.Module):
+class TaskPrototypes(nn.Module):
     def __init__(self, num_tasks: int, dim: int, slots: int) -> None:
         super().__init__()
         self.bank = nn.Parameter(torch.randn(num_tasks, slots, dim) * dim**-0.5)

@@ -1,0 +1,55 @@
+"""Source artefacts for training: the faults a quality-driven fusion exists to turn down.
+
+A gate can only learn to weigh a source by its quality if training ever shows
+it a source of poor quality; on clean data every source is worth taking, and
+the gates learn a constant. So, with probability `train.source_artifacts`, one
+auxiliary source of a sample (never the base slot, which the fusion cannot
+reject) is degraded before the model sees it, while the targets stay clean:
+
+- `noise`: Rician noise (magnitude of a complex Gaussian), sigma drawn from
+  5-30 % of the slice's 99th percentile, as TorchIO's RandomNoise does for
+  magnitude images;
+- `ghosting`: motion ghosts, random phase errors on every m-th phase-encode
+  line (m drawn 2-6, along a random in-plane axis), as TorchIO's RandomGhosting;
+- `contrast`: another contrast of the same subject in the source's place (a
+  mislabelled series).
+
+Every parameter is drawn at random, so the model learns the kinds of fault,
+not the settings of a benchmark. The slices are normalised intensities in
+[0, 1]; the degraded slice is clipped back to that range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ARTIFACTS = ("noise", "ghosting", "contrast")
+NOISE_RANGE = (0.05, 0.30)  # sigma as a fraction of the slice's 99th percentile
+GHOST_EVERY = (2, 6)
+
+
+def degrade(image: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray | None = None) -> np.ndarray:
+    """A degraded copy of one normalised slice [H,W] (float32 in [0,1]); `other` is the wrong contrast."""
+    image = np.asarray(image, dtype=np.float32)
+    if kind == "noise":
+        sigma = rng.uniform(*NOISE_RANGE) * max(float(np.percentile(image, 99)), 1e-3)
+        real = image + rng.normal(0.0, sigma, image.shape)
+        out = np.hypot(real, rng.normal(0.0, sigma, image.shape))
+    elif kind == "ghosting":
+        axis = int(rng.integers(0, 2))
+        kspace = np.fft.fft(image, axis=axis)
+        lines = np.arange(int(rng.integers(0, 2)), image.shape[axis], int(rng.integers(GHOST_EVERY[0], GHOST_EVERY[1] + 1)))
+        phase = np.exp(1j * rng.normal(0.0, np.pi / 2, len(lines)))
+        index = [slice(None), slice(None)]
+        index[axis] = lines
+        shape = [1, 1]
+        shape[axis] = len(lines)
+        kspace[tuple(index)] *= phase.reshape(shape)
+        out = np.abs(np.fft.ifft(kspace, axis=axis))
+    elif kind == "contrast":
+        if other is None or other.shape != image.shape:
+            raise ValueError("contrast artefact needs another contrast's slice of the same shape")
+        out = other
+    else:
+        raise ValueError(f"artefact {kind!r}: choose one of {', '.join(ARTIFACTS)}")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
