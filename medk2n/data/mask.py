@@ -1,8 +1,12 @@
 """Brain (foreground) mask in numpy: threshold, largest connected component, fill holes.
 
 The mask picks training slices with tissue, restricts metrics, and lets the
-runtime blank the background; it must be cheap (it runs on every case at
-inference) and needs no scipy. Connected components are found by sweeping
+runtime blank the background; it runs K+1 times per case at inference, so it
+must be cheap. With scipy installed (the [data] and [train] extras) the
+components and holes come from `scipy.ndimage` (C loops, 1.2-8x faster on the
+phantom and far faster on pathological shapes); the base install has no scipy
+and uses the numpy code below, which gives the same mask voxel for voxel (a
+test compares both). The numpy code finds connected components by sweeping
 minimum labels along runs of foreground voxels, axis by axis, until nothing
 changes: every sweep is a few vectorised passes over the volume and a
 compact shape like a head converges in a handful of sweeps.
@@ -33,8 +37,47 @@ def brain_mask(array: np.ndarray, fraction: float = THRESHOLD_FRACTION) -> np.nd
     return fill_holes_2d(largest_component(foreground))
 
 
+def _ndimage():
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return None
+    return ndimage
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest face-connected component of a bool array (all False stays all False)."""
+    """The largest face-connected component of a bool array (all False stays all False).
+
+    Ties go to the component met first in C order, with scipy or without."""
+    ndimage = _ndimage()
+    if ndimage is None:
+        return largest_component_numpy(mask)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    labels, _ = ndimage.label(mask)  # face connectivity, labels in order of first voxel
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(np.argmax(counts))
+
+
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions of each slice (last axis) not connected to the slice border."""
+    ndimage = _ndimage()
+    if ndimage is None:
+        return fill_holes_2d_numpy(mask)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim < 3:
+        return ndimage.binary_fill_holes(mask)
+    # 4-connected in-plane, nothing across slices: every slice filled on its own, in one call.
+    structure = np.zeros((3,) * mask.ndim, dtype=bool)
+    structure[(slice(None), 1) + (1,) * (mask.ndim - 2)] = True
+    structure[(1, slice(None)) + (1,) * (mask.ndim - 2)] = True
+    return ndimage.binary_fill_holes(mask, structure=structure)
+
+
+def largest_component_numpy(mask: np.ndarray) -> np.ndarray:
+    """largest_component without scipy."""
     mask = np.asarray(mask, dtype=bool)
     out = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
@@ -48,8 +91,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions of each slice (last axis) not connected to the slice border."""
+def fill_holes_2d_numpy(mask: np.ndarray) -> np.ndarray:
+    """fill_holes_2d without scipy."""
     mask = np.asarray(mask, dtype=bool)
     out = mask.copy()
     if not mask.any():
