@@ -305,7 +305,9 @@ def preset(name: str) -> ExperimentConfig:
             model=ModelConfig(
                 encoder="hiera_micro",
                 image_size=64,
-                lora_rank=4,
+                # No SAM2 weights exist for hiera_micro, so its trunk trains in full and adapters
+                # would only add compute (LoRA adapts pretrained weights; ~15 % of a step here).
+                lora_rank=0,
                 lora_alpha=8.0,
                 feature_dim=32,
                 fusion_dim=32,

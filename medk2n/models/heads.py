@@ -135,21 +135,18 @@ class DecoderTrunk(nn.Module):
         mid, fine = max(dim // 2, 16), max(dim // 4, 16)
         self.up1 = SeparableConv(dim + detail, mid)
         self.up2 = SeparableConv(mid + detail, fine)
-        # Per-pixel MLP (residual): contrast synthesis is largely a non-linear map of the
-        # sources' intensities at each voxel, which one pointwise layer fits only coarsely.
-        self.pixel_in = nn.Conv2d(fine, 2 * fine, kernel_size=1)
-        self.pixel_out = nn.Conv2d(2 * fine, fine, kernel_size=1)
         # Every decoder layer is conditioned on the target (as the U-Net's are): the same
         # voxel maps to opposite intensities in different targets (CSF bright on T2, dark on
         # DWI/T1), which shared layers fed target-modulated inputs only fit as a compromise.
-        self.films = nn.ModuleList(FiLM(cond_dim, c) for c in (mid, fine, 2 * fine))
+        # The per-pixel non-linear map of the sources' intensities that contrast synthesis
+        # mostly is lives in the candidate heads (CandidateHeads), one per head.
+        self.films = nn.ModuleList(FiLM(cond_dim, c) for c in (mid, fine))
         self.act = nn.GELU()
         self.hidden_dim = fine
 
     def forward(self, x: torch.Tensor, half: torch.Tensor, full: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.act(self.films[0](self.up1(cat_channels([upsample2(x), half])), cond))
-        h = self.act(self.films[1](self.up2(cat_channels([upsample2(h), full])), cond))
-        return self.act(h + self.pixel_out(self.act(self.films[2](self.pixel_in(h), cond))))
+        return self.act(self.films[1](self.up2(cat_channels([upsample2(h), full])), cond))
 
 
 class CandidateHeads(nn.Module):
@@ -172,7 +169,11 @@ class CandidateHeads(nn.Module):
 
 class QualityEvaluator(nn.Module):
     """Per-pixel Laplace scale b (expected absolute error) of every candidate, given the shared features and all
-    candidates at once (so it can judge each against the others)."""
+    candidates at once (so it can judge each against the others).
+
+    It works at half resolution and upsamples its log-scale bilinearly: the expected error varies
+    over a few pixels, not pixel to pixel, and at full resolution this predictor cost as much
+    as the decoder layer it judges."""
 
     def __init__(self, hidden_dim: int, cond_dim: int, num_heads: int) -> None:
         super().__init__()
@@ -185,8 +186,9 @@ class QualityEvaluator(nn.Module):
 
     def forward(self, hidden: torch.Tensor, candidates: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
         """hidden [M,C,H,W], candidates [M,Kh,H,W] -> scale [M,Kh,H,W]."""
-        h = self.act(self.film(self.inp(torch.cat([hidden, candidates], dim=1)), c_task))
-        return laplace_scale(self.out(self.act(self.spatial(h))))
+        x = F.avg_pool2d(cat_channels([hidden, candidates]), 2)
+        h = self.act(self.film(self.inp(x), c_task))
+        return laplace_scale(upsample2(self.out(self.act(self.spatial(h)))))
 
 
 @dataclass

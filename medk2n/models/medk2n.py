@@ -111,7 +111,9 @@ class MedK2N(nn.Module):
         gates: dict[str, torch.Tensor] = {}
         state_error = None
         # How much of each slot reaches each target's fine-scale paths: every present slot alike
-        # without a fusion (B0), else the base frame fully and each auxiliary frame by its w_eff.
+        # without a fusion (B0), else the base frame fully and each auxiliary frame by the share of
+        # it the fusion took into the fused state (accept x w_eff): which of the two gates carries
+        # the decision is learned and differs between runs, so the pixels follow both.
         slot_weights = avail[:, None, :, None, None].expand(-1, n, -1, 1, 1)
         if self.fusion is None:
             fused = present_mean(feats, avail).unsqueeze(1).expand(-1, n, -1, -1, -1)
@@ -124,8 +126,8 @@ class MedK2N(nn.Module):
             gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
             state_error = result.error_map[:, 0].unflatten(0, (-1, n))
             if k > 1:
-                w_eff = gates["w_eff"]  # [B,N,K-1,h,w]
-                slot_weights = torch.cat([torch.ones_like(w_eff[:, :, :1]), w_eff], dim=2) * avail[:, None, :, None, None]
+                used = gates["accept"][..., None, None] * gates["w_eff"]  # [B,N,K-1,h,w]
+                slot_weights = torch.cat([torch.ones_like(used[:, :, :1]), used], dim=2) * avail[:, None, :, None, None]
         heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,

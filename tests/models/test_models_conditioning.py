@@ -4,9 +4,17 @@ Trained briefly on phantom slices (FLAIR -> ADC, DWI, T2, T1, PD; the tiny
 preset at 32x32 to keep the run short), the synthesis asked for ADC from FLAIR
 must correlate inside the brain better with the true ADC than with the FLAIR it
 was given. ADC is the hard case: its contrast is roughly FLAIR's inverse (free
-water bright, tissue dark), so a model that lets the source's pixels through
-unconditioned fails it, as B5 and B0 of 2026-11-27 did on the quality
-benchmark (their "ADC" had FLAIR contrast).
+water bright, tissue dark), and B5 and B0 of 2026-11-27 gave "ADC" with FLAIR
+contrast on the quality benchmark.
+
+Measured 2026-12-02 at 300 steps (corr with ADC / with FLAIR; the true ADC
+itself correlates 0.33 with FLAIR at this size), torch seeds 0 / 1 / 2:
+- the 2026-12-01 model: 0.61 / 0.70, 0.53 / 0.74, 0.65 / 0.60 (fails seeds 0 and 1);
+- this model: 0.60 / 0.56, 0.73 / 0.57, 0.67 / 0.43.
+Both learn the inversion; this one sooner. At 400 steps both pass (seed 0:
+0.63 / 0.51 before, 0.72 / 0.49 now), so the failure was slow learning of the
+target, not a path that ignores it (docs/experiments.md, 2026-12-02). The
+test keeps seed 0 at 300 steps, where the margin is smallest (0.03).
 """
 
 import warnings

@@ -68,7 +68,7 @@ def _group_has_gradient(module: torch.nn.Module) -> bool:
 
 
 def test_gradients_reach_adapters_fusion_heads_and_embedder(make_model, make_inputs):
-    model = make_model()
+    model = make_model(lora_rank=4)  # the tiny preset trains its (never pretrained) trunk without adapters
     x, src, tgt = make_inputs(b=2, k=2, n=2)
     target = torch.rand(2, 2, 64, 64)
 
@@ -136,22 +136,23 @@ def test_absent_source_is_ignored_exactly(make_model, make_inputs, ablation, tra
         assert not torch.allclose(a[0], c[0])
 
 
-def test_eval_is_deterministic_with_hard_gates(make_model, make_inputs):
+def test_eval_is_deterministic_and_gates_as_trained(make_model, make_inputs):
     model = make_model()
     x, src, tgt = make_inputs(b=4, k=3, n=2)
-    soft = model.forward_detailed(x, src, tgt).gates["accept"]
-    assert bool(((soft > 0) & (soft < 1)).all())
+    with torch.no_grad():
+        soft = model.forward_detailed(x, src, tgt)
+    assert bool(((soft.gates["accept"] > 0) & (soft.gates["accept"] < 1)).all())
     model.eval()
     with torch.no_grad():
         first = model.forward_detailed(x, src, tgt)
         second = model.forward_detailed(x, src, tgt)
     assert torch.equal(first.images, second.images) and torch.equal(first.scale, second.scale)
-    accept = first.gates["accept"]
-    assert bool(((accept == 0) | (accept == 1)).all())
+    # The acceptance gate evaluated (and exported) is the soft one it was trained as.
+    torch.testing.assert_close(first.gates["accept"], soft.gates["accept"])
 
 
 def test_merge_lora_keeps_outputs(make_model, make_inputs):
-    model = make_model().eval()
+    model = make_model(lora_rank=4).eval()
     with torch.no_grad():
         for m in model.encoder.modules():
             if hasattr(m, "lora_B") and m.lora_B is not None:
