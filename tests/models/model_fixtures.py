@@ -30,3 +30,17 @@ def smooth_blobs(n: int, size: int, generator: torch.Generator, count: int = 4) 
     dist = (xx - centres[..., 0, None, None]) ** 2 + (yy - centres[..., 1, None, None]) ** 2
     image = (amplitude * torch.exp(-dist / (2 * sigma**2))).sum(dim=1)
     return image / image.amax(dim=(1, 2), keepdim=True)
+
+
+def seeded_model(cfg: ModelConfig, seed: int = 0) -> tuple[torch.nn.Module, torch.Generator]:
+    """A model built under a fixed torch seed (warnings about the untrained encoder hidden), and a
+    generator for the test's own draws, so a short training run replays exactly."""
+    import warnings
+
+    from medk2n.models import build_model
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg, text_embeddings=random_text())
+    return model, torch.Generator().manual_seed(seed)

@@ -17,8 +17,6 @@ target, not a path that ignores it (docs/experiments.md, 2026-12-02). The
 test keeps seed 0 at 300 steps, where the margin is smallest (0.03).
 """
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -27,9 +25,8 @@ from medk2n.config import LossConfig, default_normalization
 from medk2n.data.dataset import SliceDataset
 from medk2n.data.phantom import generate_dataset
 from medk2n.losses import total_loss
-from medk2n.models import build_model
 
-from model_fixtures import random_text, tiny_config
+from model_fixtures import seeded_model, tiny_config
 
 SIZE, BATCH, STEPS = 32, 8, 300
 TARGETS = ("adc", "dwi", "t2", "t1", "pd")
@@ -58,11 +55,7 @@ def trained(tmp_path_factory):
     ids = {m: cfg.modalities.index(m) for m in ("flair", *TARGETS)}
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg, text_embeddings=random_text())
+    model, g = seeded_model(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     src = torch.tensor([[ids["flair"]]]).repeat(BATCH, 1)
     for _ in range(STEPS):

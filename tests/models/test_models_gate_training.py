@@ -18,16 +18,13 @@ acceptance carried the decision (0.99 vs 0.63, w_eff 0.999 for both) let the noi
 through its pixels. The test prints every gate.
 """
 
-import warnings
-
 import pytest
 import torch
 
 from medk2n.config import LossConfig
 from medk2n.losses import total_loss
-from medk2n.models import build_model
 
-from model_fixtures import random_text, smooth_blobs, tiny_config
+from model_fixtures import seeded_model, smooth_blobs, tiny_config
 
 SIZE, BATCH, STEPS = 32, 8, 200
 
@@ -42,11 +39,7 @@ def _samples(n: int, generator: torch.Generator, noise: torch.Tensor):
 def trained():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(tiny_config(image_size=SIZE), text_embeddings=random_text())
+    model, g = seeded_model(tiny_config(image_size=SIZE))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     src = torch.tensor([[0, 1]]).repeat(BATCH, 1)
     tgt = torch.tensor([[2]]).repeat(BATCH, 1)
@@ -82,6 +75,6 @@ def _gates(model, training: bool) -> dict[str, tuple[float, float]]:
 def test_noise_frame_gets_lower_weights_than_an_informative_one(trained):
     soft = _gates(trained, training=True)
     hard = _gates(trained, training=False)
-    print("\ngates (informative, noise)\n  train-mode (soft):", soft, "\n  eval-mode (hard):", hard)
+    print("\ngates (informative, noise)\n  train-mode (soft):", soft, "\n  eval-mode:", hard)
     assert hard["used"][1] < hard["used"][0] - 0.25
     assert soft["used"][1] < soft["used"][0] - 0.25
