@@ -156,6 +156,11 @@ def _task_table(results: dict, task: dict) -> list[str]:
     return lines
 
 
+# What each step of the ablation ladder adds to the one before (config.ABLATIONS).
+LADDER_MODULES = {"B1": "MultiScaleNet, prototypes, sequential fusion", "B2": "PreWeightNet", "B3": "ThresholdNet",
+                  "B4": "EffiWeightNet", "B5": "CMIM"}
+
+
 def _ladder_table(results: dict) -> list[str]:
     """Each module's measured effect: masked PSNR of B0..B5 per task, and the change the step's module brought,
     paired per test subject (mean ± sd over subjects, exact Wilcoxon p)."""
@@ -183,11 +188,6 @@ def _ladder_table(results: dict) -> list[str]:
         lines.append(f"| {step}{' (' + LADDER_MODULES[step] + ')' if step in LADDER_MODULES else ''} | "
                      + " | ".join(cells) + " |")
     return lines
-
-
-# What each step of the ablation ladder adds to the one before (config.ABLATIONS).
-LADDER_MODULES = {"B1": "MultiScaleNet, prototypes, sequential fusion", "B2": "PreWeightNet", "B3": "ThresholdNet",
-                  "B4": "EffiWeightNet", "B5": "CMIM"}
 
 
 def _precision_table(results: dict) -> list[str]:

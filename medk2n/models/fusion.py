@@ -19,8 +19,9 @@ Which weight w_eff is applied follows the ablation ladder (config.ABLATIONS):
 B1 none (1), B2 PreWeightNet's w, B3 w thresholded by ThresholdNet's tau,
 B4/B5 EffiWeightNet's spatial map, filtered by the same threshold step as B3
 (tau is the bar w has to clear, not only one more input of EffiWeightNet).
-The same w_eff weighs the frame's pixels in the decoder's fine-scale paths
-(heads.mix_slots), so a frame the gates turn down does not leak back there.
+The share of the frame the fusion takes, accept x w_eff, also weighs its
+pixels in the decoder's fine-scale paths (heads.mix_slots), so a frame the
+gates turn down does not leak back there.
 """
 
 from __future__ import annotations
@@ -129,9 +130,6 @@ class SequentialFusion(nn.Module):
         trace: dict[str, list[torch.Tensor]] = {}
         for k in range(1, feats.shape[1]):
             gates, candidate = self._propose(state, feats[:, k], src[:, k], tgt, c_task, c_modal[:, k])
-            # Q's verdict, detached: Q is a predictor trained only against real errors (losses.quality).
-            # Letting the image loss through the gate into Q taught Q to call every candidate worse
-            # (a shortcut that closed the gate) instead of predicting the error.
             dq = self._score(state, c_task) - self._score(candidate, c_task)
             gates["accept"] = self._accept(dq) * avail[:, k]
             state = state + gates["accept"].view(-1, 1, 1, 1) * (candidate - state)

@@ -115,14 +115,15 @@ class SourceDetail(nn.Module):
 
 
 def mix_slots(slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per-target weighted mean of per-slot maps: slots [B,K,C,H,W], weights [B,N,K,h,w] (any h,w dividing H,W;
-    0 = slot ignored) -> [B*N,C,H,W]. The weights are resized to the level bilinearly."""
+    """Per-target weighted mean of per-slot maps: slots [B,K,C,H,W], weights [B,N,K,h,w] (any h,w dividing H,W,
+    or 1x1 for one weight per slot; 0 = slot ignored) -> [B*N,C,H,W]. Spatial weights are resized to the level
+    bilinearly; 1x1 weights broadcast (resizing a constant would only fill full-resolution maps with it)."""
     b, k, c, hh, ww = slots.shape
     n = weights.shape[1]
     w = weights.flatten(0, 2).unsqueeze(1)
-    if w.shape[-2:] != (hh, ww):
+    if w.shape[-2:] != (1, 1) and w.shape[-2:] != (hh, ww):
         w = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)
-    w = w.unflatten(0, (b, n, k))  # [B,N,K,1,H,W]
+    w = w.unflatten(0, (b, n, k))  # [B,N,K,1,H,W] or [B,N,K,1,1,1]
     total = (w * slots.unsqueeze(1)).sum(dim=2)
     return (total / w.sum(dim=2).clamp_min(1e-6)).flatten(0, 1)
 

@@ -4,7 +4,7 @@
               --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
               --SequentialFusion per target (task prototypes, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
               --TaskHeadNet (+ the slots' stride-4 level and source pixels at full/half/quarter
-                resolution, mixed per target by the gates' w_eff; task embedding c_task)--> images, scale
+                resolution, mixed per target by accept x w_eff; task embedding c_task)--> images, scale
 
 Ablations (config.ABLATIONS) decide which modules exist: B0 builds the
 encoder and heads only and averages the present frames' features; B1 adds
