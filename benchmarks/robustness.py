@@ -32,6 +32,7 @@ from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config,
                                        train_within_budget)
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.machine import machine_stamp
+from medk2n.data.artifacts import motion_ghosts, rician_noise
 from medk2n.data.cases import discover_dataset
 from medk2n.data.mask import brain_mask
 from medk2n.data.nifti import read_volume, write_volume
@@ -50,14 +51,9 @@ def corrupt(volume: np.ndarray, kind: str, rng: np.random.Generator, other: np.n
     volume = np.asarray(volume, dtype=np.float32)
     if kind == "noise":
         sigma = NOISE_FRACTION * float(np.percentile(volume[brain_mask(volume)], 99))
-        real = volume + rng.normal(0.0, sigma, volume.shape)
-        return np.hypot(real, rng.normal(0.0, sigma, volume.shape)).astype(np.float32)
+        return rician_noise(volume, sigma, rng).astype(np.float32)
     if kind == "ghosting":
-        kspace = np.fft.fft(volume, axis=1)
-        lines = np.arange(0, volume.shape[1], GHOST_EVERY)
-        phase = np.exp(1j * rng.normal(0.0, np.pi / 2, (1, len(lines), 1)))
-        kspace[:, lines, :] *= phase
-        return np.abs(np.fft.ifft(kspace, axis=1)).astype(np.float32)
+        return motion_ghosts(volume, 1, np.arange(0, volume.shape[1], GHOST_EVERY), rng).astype(np.float32)
     if kind == "contrast":
         if other is None or other.shape != volume.shape:
             raise DataError("contrast corruption needs another modality's volume on the same grid")

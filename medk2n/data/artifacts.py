@@ -28,24 +28,31 @@ NOISE_RANGE = (0.05, 0.30)  # sigma as a fraction of the slice's 99th percentile
 GHOST_EVERY = (2, 6)
 
 
+def rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of the image plus complex Gaussian noise of sd `sigma` (float64, any shape)."""
+    real = image + rng.normal(0.0, sigma, image.shape)
+    return np.hypot(real, rng.normal(0.0, sigma, image.shape))
+
+
+def motion_ghosts(image: np.ndarray, axis: int, lines: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude after random phase errors (sd pi/2) on the phase-encode `lines` along `axis` (float64)."""
+    kspace = np.fft.fft(image, axis=axis)
+    phase = np.exp(1j * rng.normal(0.0, np.pi / 2, len(lines)))
+    index, shape = [slice(None)] * image.ndim, [1] * image.ndim
+    index[axis], shape[axis] = lines, len(lines)
+    kspace[tuple(index)] *= phase.reshape(shape)
+    return np.abs(np.fft.ifft(kspace, axis=axis))
+
+
 def degrade(image: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray | None = None) -> np.ndarray:
     """A degraded copy of one normalised slice [H,W] (float32 in [0,1]); `other` is the wrong contrast."""
     image = np.asarray(image, dtype=np.float32)
     if kind == "noise":
-        sigma = rng.uniform(*NOISE_RANGE) * max(float(np.percentile(image, 99)), 1e-3)
-        real = image + rng.normal(0.0, sigma, image.shape)
-        out = np.hypot(real, rng.normal(0.0, sigma, image.shape))
+        out = rician_noise(image, rng.uniform(*NOISE_RANGE) * max(float(np.percentile(image, 99)), 1e-3), rng)
     elif kind == "ghosting":
         axis = int(rng.integers(0, 2))
-        kspace = np.fft.fft(image, axis=axis)
         lines = np.arange(int(rng.integers(0, 2)), image.shape[axis], int(rng.integers(GHOST_EVERY[0], GHOST_EVERY[1] + 1)))
-        phase = np.exp(1j * rng.normal(0.0, np.pi / 2, len(lines)))
-        index = [slice(None), slice(None)]
-        index[axis] = lines
-        shape = [1, 1]
-        shape[axis] = len(lines)
-        kspace[tuple(index)] *= phase.reshape(shape)
-        out = np.abs(np.fft.ifft(kspace, axis=axis))
+        out = motion_ghosts(image, axis, lines, rng)
     elif kind == "contrast":
         if other is None or other.shape != image.shape:
             raise ValueError("contrast artefact needs another contrast's slice of the same shape")

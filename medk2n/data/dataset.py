@@ -238,10 +238,9 @@ class SliceDataset:
         """One auxiliary source (slot >= 1) degraded by a random artefact (data.artifacts); targets untouched."""
         slot = int(rng.integers(1, len(src)))
         kind = ARTIFACTS[int(rng.integers(0, len(ARTIFACTS)))]
+        # Never empty: a sample with two sources has at least two contrasts.
         others = [i for i in range(len(images)) if i != src[slot]]
-        other = images[others[int(rng.integers(0, len(others)))]] if others else None
-        if kind == "contrast" and other is None:
-            kind = "noise"
+        other = images[others[int(rng.integers(0, len(others)))]]
         sources = sources.copy()
         sources[slot] = degrade(sources[slot], kind, rng, other)
         return sources
