@@ -6,17 +6,15 @@ subjects by the `medk2n-eval` protocol for each K->N task. The full model
 (B5) is exported with K=2, N=4 and each precision's ONNX model is scored the
 same way, so the FP16/INT8 drop is measured on whole held-out volumes.
 
-Equal budget, fitted schedule: the cosine rate and the curriculum are
-functions of `max_steps`, so each method first runs PROBE_STEPS steps
-(warm-up and the first curriculum stage, which do not depend on
-`max_steps`), its measured step time sets `max_steps` so the schedule ends at
-the budget, and the run resumes from there. The probe counts against the
-budget; the deadline inside `train()` is what stops every method.
+Equal budget, fitted schedule: every method trains with its curriculum and
+its cosine decay spread over the wall-clock budget (`train(fit_to_budget=True)`),
+so each ends in the last curriculum stage with its rate decayed, however
+fast its steps are. (Until 2026-12-03 a 5-step probe of the cheap first stage
+set max_steps; the runs then stopped about half-way along their schedules.)
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tempfile
@@ -38,8 +36,6 @@ REFERENCE = "B5"
 METHODS = (*ABLATIONS, "unet")  # B0..B5, then the baseline
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_K, EXPORT_N = 2, 4
-PROBE_STEPS = 5
-UNBOUNDED_STEPS = 10**9  # provisional max_steps of the probe: keeps its curriculum in the first stage
 
 
 @dataclass(frozen=True)
@@ -86,8 +82,7 @@ class Plan:
     def settings(self) -> dict:
         return {"preset": self.preset, "seed": self.seed, "budget_minutes": self.budget_minutes,
                 "methods": list(self.methods), "test_fraction": self.test_fraction,
-                "export_precisions": list(self.precisions), "overrides": self.overrides, "device": self.device,
-                "probe_steps": PROBE_STEPS}
+                "export_precisions": list(self.precisions), "overrides": self.overrides, "device": self.device}
 
 
 def run_quality(
@@ -240,51 +235,25 @@ def _link_case(case: Case, part_dir: Path) -> None:
 
 def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, budget_s: float,
                         device: str = "cpu") -> dict:
-    """Probe, fit max_steps to the budget, resume to the deadline (see the module docstring)."""
+    """Train with the curriculum and the cosine decay spread over the budget (see the module docstring)."""
     from medk2n.train.loop import train
 
     start = time.perf_counter()
-    probe_steps = max(1, min(PROBE_STEPS, cfg.train.warmup_steps))
-    probe = train(cfg, train_dir, run_dir, max_steps=UNBOUNDED_STEPS, device=device, progress=False,
-                  budget_minutes=budget_s / 60.0, stop_at_step=probe_steps)
-    probe_s = time.perf_counter() - start
-    batch = cfg.train.batch_size
-    step_s = _step_seconds(probe.history, batch)
-    # What the probe spent outside its steps (setup, validation, saving) the resumed run spends again.
-    overhead_s = max(0.0, probe_s - sum(_step_times(probe.history, batch)))
-    remaining_s = budget_s - probe_s
-    result, max_steps = probe, None  # None: the budget ended inside the probe, no schedule was fitted
-    if probe.step >= probe_steps and remaining_s > 0:
-        max_steps = probe.step + max(1, math.floor((remaining_s - overhead_s) / step_s))
-        result = train(cfg, train_dir, run_dir, max_steps=max_steps, resume=True, device=device, progress=False,
-                       budget_minutes=remaining_s / 60.0)
+    result = train(cfg, train_dir, run_dir, device=device, progress=False, budget_minutes=budget_s / 60.0,
+                   fit_to_budget=True)
     seconds = time.perf_counter() - start
+    stages = [row["stage"] for row in result.history]
     return {
         "steps": result.step,
-        "max_steps": max_steps,
-        "schedule_fraction": round(result.step / max_steps, 3) if max_steps else None,
-        "probe_steps": probe.step,
-        "probe_step_seconds": round(step_s, 4),
+        "step_seconds": round(seconds / max(1, result.step), 4),
         "train_seconds": round(seconds, 2),
+        # Steps each curriculum stage got: the last (k->n) must have been reached for a fair comparison.
+        "stage_steps": {stage: stages.count(stage) for stage in dict.fromkeys(stages)},
+        "last_lr": result.history[-1]["lr"] if result.history else None,
         "last_loss": result.last_loss,
         "best_val_masked_psnr": result.best_metric,
         "checkpoint": run_dir / "checkpoints" / "best",
-        # The probe's steps equal those of a run started with max_steps only while they stay
-        # inside warm-up and the first curriculum stage of that run.
-        "probe_matches_schedule": bool(max_steps) and probe.step <= cfg.train.warmup_steps
-        and probe.step <= cfg.train.curriculum[1] * max_steps,
     }
-
-
-def _step_times(history: list[dict], batch: int) -> list[float]:
-    """Seconds per step, from the slices/s train() logs (one process: batch slices per step)."""
-    return [batch / row["slices_per_s"] for row in history if row.get("slices_per_s")]
-
-
-def _step_seconds(history: list[dict], batch: int) -> float:
-    """Median step time after the first (which pays one-off allocation)."""
-    times = _step_times(history[1:] or history, batch)
-    return max(1e-3, float(np.median(times))) if times else 1.0
 
 
 # --- evaluation ----------------------------------------------------------------------------------------------

@@ -234,11 +234,14 @@ def _export_checks(export: dict) -> list[str]:
 
 
 def _runs_table(results: dict) -> list[str]:
-    lines = ["| method | steps | max_steps | s/step (probe) | train s | eval s | best val mPSNR |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | steps | s/step (mean) | steps per stage (1→1 / k→1 / 1→n / k→n) | last lr | train s "
+             "| eval s | best val mPSNR |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in results["methods"].items():
-        best = run.get("best_val_masked_psnr")
-        cells = [run["steps"], run["max_steps"] or "–", run["probe_step_seconds"], run["train_seconds"],
+        best, lr, stages = run.get("best_val_masked_psnr"), run.get("last_lr"), run.get("stage_steps", {})
+        cells = [run["steps"], run.get("step_seconds", "–"),
+                 " / ".join(str(stages.get(stage, 0)) for stage in ("1to1", "kto1", "1ton", "kton")),
+                 "–" if lr is None else f"{lr:.1e}", run["train_seconds"],
                  run.get("eval_seconds", "–"), "–" if best is None else f"{best:.2f}"]
         lines.append(f"| {_label(name)} | " + " | ".join(str(c) for c in cells) + " |")
     return lines
@@ -247,13 +250,13 @@ def _runs_table(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     runs = results["methods"]
-    steps = ", ".join(f"{name} {run['steps']} of {run['max_steps'] or 'an unfitted schedule'}"
-                      for name, run in runs.items())
+    steps = ", ".join(f"{name} {run['steps']}" for name, run in runs.items())
     lines = [
         "# Quality benchmark", "",
         f"{format_machine(m)}; PyTorch device {m['device']}.", "",
         f"Budget: {s['budget_minutes']:g} min of training wall-clock per method (same split, seed and budget; "
-        f"preset {s['preset']}). Steps reached of the max_steps fitted to the budget: {steps}.", "",
+        f"preset {s['preset']}), the curriculum and the cosine decay spread over that budget. Steps reached: "
+        f"{steps}.", "",
         f"Subjects: {len(results['split']['train'])} training (part of them validate), "
         f"{len(results['split']['test'])} test. Metrics: `medk2n-eval` protocol, mean ± sd over test subjects; "
         f"p: two-sided exact Wilcoxon signed-rank vs {results['reference']}, paired per subject, uncorrected. "

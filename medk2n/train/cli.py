@@ -26,10 +26,13 @@ from medk2n.cli_util import debug_option, run_cli
               help="Official SAM2 checkpoint (.pt, state dict under 'model') to initialise the encoder.")
 @click.option("--budget-minutes", type=float, default=None,
               help="Wall-clock budget: stop (validate and save) once it is spent.")
+@click.option("--fit-to-budget", is_flag=True,
+              help="Spread the curriculum and the learning-rate decay over --budget-minutes instead of "
+                   "train.max_steps (not resumable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 @debug_option
 def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_checkpoint, budget_minutes,
-         no_progress, debug):
+         fit_to_budget, no_progress, debug):
     """Train on DATASET and write OUT/checkpoints/{best,last}/ (model.safetensors + config.json)."""
 
     def body() -> int:
@@ -50,7 +53,7 @@ def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_c
         if out.exists() and any(out.iterdir()) and not resume:
             raise DataError(f"{out}: run folder exists and is not empty (use --resume or a new --out)")
         result = train(cfg, data, out, max_steps=max_steps, resume=resume, device=device,
-                       progress=not no_progress, budget_minutes=budget_minutes)
+                       progress=not no_progress, budget_minutes=budget_minutes, fit_to_budget=fit_to_budget)
         click.echo(f"trained to step {result.step}; best held-out masked PSNR {result.best_metric:.2f} dB; "
                    f"checkpoints in {out / 'checkpoints'}")
         return 0

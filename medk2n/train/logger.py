@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool, total: int, start: int, progress: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool, total: int | None, start: int, progress: bool = True):
         self.enabled = enabled
         self._bar = None
         self._tb = None

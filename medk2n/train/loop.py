@@ -22,15 +22,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from medk2n.config import ExperimentConfig
 from medk2n.data.cases import case_fingerprint, discover_dataset
 from medk2n.data.dataset import SliceDataset, split_cases
-from medk2n.errors import DataError
+from medk2n.errors import ConfigError, DataError
 from medk2n.losses import total_loss
 from medk2n.models import build_model
 from medk2n.train import checkpoint as ckpt
 from medk2n.train.distributed import DistContext, all_reduce_mean, any_rank, setup, teardown
 from medk2n.train.logger import RunLogger
 from medk2n.train.output_scales import fit_output_scales
-from medk2n.train.schedule import curriculum_stage, warmup_cosine
+from medk2n.train.schedule import STAGES, BudgetProgress, StepProgress, stage_at, warmup_cosine
 from medk2n.train.validate import validate
+
+
+UNBOUNDED_STEPS = 10**9  # max_steps of a run that the wall-clock budget ends
 
 
 @dataclass
@@ -54,18 +57,22 @@ class DetailedForward(torch.nn.Module):
 
 
 class StepBatches(Sampler):
-    """Yields, for each step from `start`, this rank's share of the global batch as (index, step) pairs.
+    """Yields, for each step from `start`, this rank's share of the global batch as (index, step, stage).
 
     A `focus_fraction` of every global batch (rounded) is drawn from `focus`
     (the slices a lesion mask covers), the rest uniformly from all slices.
+    The curriculum stage is decided here, in the training process, when the
+    step's batch is drawn (`stage_of(step)`), and kept in `stages` for the log.
     """
 
     def __init__(self, size: int, batch: int, seed: int, start: int, stop: int, ctx: DistContext,
-                 focus: np.ndarray | None = None, focus_fraction: float = 0.0):
+                 focus: np.ndarray | None = None, focus_fraction: float = 0.0, stage_of=None):
         self.size, self.batch, self.seed = size, batch, seed
         self.start, self.stop, self.ctx = start, stop, ctx
         self.focus = np.asarray(focus if focus is not None else [], dtype=np.int64)
         self.focus_fraction = float(focus_fraction)
+        self.stage_of = stage_of or (lambda step: STAGES[-1])
+        self.stages: dict[int, str] = {}
 
     def __iter__(self):
         global_batch = self.batch * self.ctx.world_size
@@ -79,24 +86,24 @@ class StepBatches(Sampler):
                 # Interleaved, so every rank's share holds its part of the focus draws.
                 picks = rng.permutation(np.concatenate([picks, focus]))
             mine = picks[self.ctx.rank :: self.ctx.world_size]
-            yield [(int(i), step) for i in mine]
+            stage = self.stages[step] = self.stage_of(step)
+            yield [(int(i), step, stage) for i in mine]
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
 
 class CurriculumItems(Dataset):
-    """Draws each item's sources/targets from the curriculum stage of its step, seeded by (seed, step, index)."""
+    """Draws each item's sources/targets for the stage its step was given, seeded by (seed, step, index)."""
 
-    def __init__(self, slices: SliceDataset, seed: int, total_steps: int, starts: list[float]):
-        self.slices, self.seed, self.total, self.starts = slices, seed, total_steps, starts
+    def __init__(self, slices: SliceDataset, seed: int):
+        self.slices, self.seed = slices, seed
 
     def __len__(self) -> int:
         return len(self.slices)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
-        index, step = key
-        stage = curriculum_stage(step, self.total, self.starts)
+    def __getitem__(self, key: tuple[int, int, str]) -> dict[str, np.ndarray]:
+        index, step, stage = key
         rng = np.random.default_rng([self.seed, step, index])
         return self.slices.sample(index, stage=stage, rng=rng)
 
@@ -111,25 +118,39 @@ def train(
     progress: bool = True,
     budget_minutes: float | None = None,
     stop_at_step: int | None = None,
+    fit_to_budget: bool = False,
 ) -> TrainResult:
     """Train to `max_steps` (or the config's).
 
     `budget_minutes` and `stop_at_step` end the run early, validated and saved,
     exactly as SIGTERM does, without changing the schedule: a later `--resume`
     then continues the same cosine curve and curriculum.
+
+    `fit_to_budget` instead spreads the curriculum and the cosine decay over
+    the budget (schedule.BudgetProgress): the run ends with the last stage
+    trained and the rate decayed, however many steps that turns out to be.
+    Equal-budget comparisons need this; a step-count schedule fitted from a
+    few early steps ends at a different point of its curve for each method,
+    since the curriculum's later stages cost more per step than its first.
     """
+    if fit_to_budget and not budget_minutes:
+        raise ConfigError("fitting the schedule to a budget needs a budget (budget_minutes)")
+    if fit_to_budget and resume:
+        raise ConfigError("a schedule fitted to a wall-clock budget cannot be resumed; start a new run")
     ctx = setup(device)
     deadline = time.monotonic() + 60.0 * budget_minutes if budget_minutes else math.inf
     try:
         return _train(cfg, Path(data_dir), Path(run_dir), max_steps, resume, ctx, progress, deadline,
-                      stop_at_step)
+                      stop_at_step, fit_to_budget)
     finally:
         teardown(ctx)
 
 
 def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress, deadline,
-           stop_at_step) -> TrainResult:
+           stop_at_step, fit_to_budget=False) -> TrainResult:
     tc = cfg.train
+    if fit_to_budget:
+        max_steps = UNBOUNDED_STEPS  # the deadline ends the run
     if max_steps is not None:
         tc.max_steps = int(max_steps)
     state = ckpt.load_trainer_state(run_dir / "checkpoints" / "last") if resume else None
@@ -150,7 +171,12 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
-    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps)
+    if fit_to_budget:
+        now = time.monotonic()
+        schedule_progress = BudgetProgress(started=now, seconds=max(1e-3, deadline - now))
+    else:
+        schedule_progress = StepProgress(tc.max_steps)
+    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, schedule_progress if fit_to_budget else None)
     start, best = 0, -math.inf
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -164,15 +190,17 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
             forward, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
             find_unused_parameters=True,
         )
-    items = CurriculumItems(train_set, tc.seed, tc.max_steps, tc.curriculum)
+    batch_sampler = StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx,
+                                focus=train_set.lesion_indices, focus_fraction=tc.lesion_oversample,
+                                stage_of=lambda step: stage_at(schedule_progress(step), tc.curriculum))
     loader = DataLoader(
-        items,
-        batch_sampler=StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx,
-                                  focus=train_set.lesion_indices, focus_fraction=tc.lesion_oversample),
+        CurriculumItems(train_set, tc.seed),
+        batch_sampler=batch_sampler,
         num_workers=tc.num_workers,
         pin_memory=ctx.device.type == "cuda",
     )
-    logger = RunLogger(run_dir, enabled=ctx.is_main, total=tc.max_steps, start=start, progress=progress)
+    logger = RunLogger(run_dir, enabled=ctx.is_main, total=None if fit_to_budget else tc.max_steps, start=start,
+                       progress=progress)
     amp = _autocast(tc.amp, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and tc.amp == "fp16")
     stop = {"flag": False}
@@ -194,7 +222,7 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
             scheduler.step()
             step += 1
             row = {"step": step, "loss": loss_value, **parts, "lr": scheduler.get_last_lr()[0],
-                   "stage": curriculum_stage(step - 1, tc.max_steps, tc.curriculum),
+                   "stage": batch_sampler.stages.pop(step - 1),
                    "slices_per_s": batch["x"].shape[0] * ctx.world_size / (time.perf_counter() - t0)}
             history.append(row)
             logger.log_train(row, every=tc.log_every)

@@ -36,7 +36,8 @@ def fake_rows() -> list[dict]:
 
 
 def fake_results() -> dict:
-    runs = {m: {"steps": s, "max_steps": s + 2, "probe_step_seconds": 0.5, "train_seconds": 60.0,
+    runs = {m: {"steps": s, "step_seconds": 0.5, "stage_steps": {"1to1": 10, "kton": s - 10}, "last_lr": 5e-5,
+                "train_seconds": 60.0,
                 "eval_seconds": 3.0, "best_val_masked_psnr": 20.0, "checkpoint": Path("/nowhere")}
             for m, s in (("B5", 100), ("B4", 120), ("unet", 300))}
     export = {"k": 2, "n": 4, "errors": {}, "bundles": {"int8": {
@@ -79,7 +80,7 @@ def test_markdown_tables_from_fixed_results():
     assert "| B5 (CMIM) | 23.00; +1.00 ± 0.00 (0.0312) |" in text
     assert "| flair->adc,dwi | int8 | 22.50 ± 1.87" in text and "-0.500 ± 0.000" in text
     assert "int8 parity vs onnx-fp32 passed; INT8 masked-PSNR drop 1.50 dB failed, exported with --force" in text
-    assert "1 min of training wall-clock per method" in text and "B4 120 of 122" in text
+    assert "1 min of training wall-clock per method" in text and "B4 120" in text and "| 10 / 0 / 0 / 110 |" in text
 
 
 def test_task_parsing_and_method_configs():

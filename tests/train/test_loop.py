@@ -93,17 +93,17 @@ def test_checkpoint_config_is_json_with_vocabulary(phantom, tmp_path):
 def test_batches_draw_the_lesion_fraction_from_lesion_slices():
     focus = np.array([3, 17, 40])
     sampler = StepBatches(100, 8, seed=5, start=0, stop=50, ctx=DistContext(), focus=focus, focus_fraction=0.25)
-    batches = [[index for index, _ in batch] for batch in sampler]
+    batches = [[index for index, *_ in batch] for batch in sampler]
     assert len(batches) == 50 and all(len(b) == 8 for b in batches)
     assert all(np.isin(b, focus).sum() >= 2 for b in batches)
     # No lesion slices, or a zero fraction: uniform draws, exactly as before the option existed.
     for plain in (StepBatches(100, 8, 5, 0, 50, DistContext(), focus=focus, focus_fraction=0.0),
                   StepBatches(100, 8, 5, 0, 50, DistContext(), focus=np.array([], dtype=int), focus_fraction=0.25)):
         expected = [np.random.default_rng([5, step]).choice(100, size=8, replace=False).tolist() for step in range(50)]
-        assert [[index for index, _ in batch] for batch in plain] == expected
+        assert [[index for index, *_ in batch] for batch in plain] == expected
     # Deterministic per step, so a resumed run replays the same batches.
     resumed = StepBatches(100, 8, seed=5, start=20, stop=50, ctx=DistContext(), focus=focus, focus_fraction=0.25)
-    assert [[index for index, _ in batch] for batch in resumed] == batches[20:]
+    assert [[index for index, *_ in batch] for batch in resumed] == batches[20:]
 
 
 def test_standardised_targets_get_a_fitted_scale_that_outputs_follow(phantom, tmp_path):
@@ -182,3 +182,37 @@ def test_trim_padding_drops_only_columns_that_are_padding_in_every_sample():
     assert out["mask"] is batch["mask"]
     full = trim_padding({**batch, "avail": torch.ones(3, 2), "tgt_valid": torch.ones(3, 4)})
     assert full["x"].shape[1] == 2 and full["target"].shape[1] == 4
+
+
+def test_fit_to_budget_ends_in_the_last_stage_with_the_rate_decayed(phantom, tmp_path, monkeypatch):
+    """A budget-fitted run's curriculum and decay follow the clock, not max_steps: every stage is
+    trained in order and the run ends at the rate's floor, however fast the steps are. A fake
+    clock that advances a fixed amount per reading keeps the test independent of the machine."""
+    import time as time_module
+
+    ticks = {"now": 1000.0, "calls": 0}
+
+    def fake_monotonic():
+        ticks["now"] += 0.05
+        ticks["calls"] += 1
+        return ticks["now"]
+
+    monkeypatch.setattr(time_module, "monotonic", fake_monotonic)
+    cfg = tiny_cfg()
+    cfg.train.val_every = 1000
+    result = train(cfg, phantom, tmp_path / "run", progress=False, budget_minutes=0.1, fit_to_budget=True)
+    stages = [row["stage"] for row in result.history]
+    order = ["1to1", "kto1", "1ton", "kton"]
+    assert sorted(set(stages), key=order.index) == order
+    assert [order.index(s) for s in stages] == sorted(order.index(s) for s in stages)
+    assert result.history[-1]["lr"] < 0.1 * cfg.train.lr
+    assert (tmp_path / "run" / "checkpoints" / "best" / "model.safetensors").is_file()
+
+
+def test_fit_to_budget_needs_a_budget_and_a_fresh_run(phantom, tmp_path):
+    from medk2n.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a budget"):
+        train(tiny_cfg(), phantom, tmp_path / "a", progress=False, fit_to_budget=True)
+    with pytest.raises(ConfigError, match="cannot be resumed"):
+        train(tiny_cfg(), phantom, tmp_path / "b", progress=False, budget_minutes=1, fit_to_budget=True, resume=True)
