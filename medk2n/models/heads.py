@@ -151,21 +151,36 @@ class DecoderTrunk(nn.Module):
 
 
 class CandidateHeads(nn.Module):
-    """Kh candidate syntheses from the shared hidden features, each its own per-pixel MLP (one pointwise and
-    one grouped pointwise convolution for all heads: a 3x3 output convolution per head cost as much as the
-    rest of the heads on CPU). They differ because the loss makes them specialise (losses.head_weights:
-    the best head of each image takes most of the candidate loss), not by their initialisation alone."""
+    """Kh candidate syntheses per target modality from the shared hidden features, each its own per-pixel MLP.
 
-    def __init__(self, hidden: int, num_heads: int) -> None:
+    The paper's TaskHeadNet has K_head heads *per target*: here each target modality of the
+    vocabulary owns its Kh MLPs, picked by the target id (a gather of weights, then two
+    batched pointwise products; exportable). Shared heads fed target-modulated features
+    had to fit opposite intensity maps (CSF bright on T2 and ADC, dark on FLAIR and T1) with
+    one non-linearity. The Kh heads of a target differ because the loss makes them
+    specialise (losses.head_weights: the best head of each image takes most of the candidate
+    loss), not by their initialisation alone."""
+
+    def __init__(self, hidden: int, num_heads: int, vocab: int) -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.pixel = nn.Conv2d(hidden, num_heads * hidden, kernel_size=1)
-        self.out = nn.Conv2d(num_heads * hidden, num_heads, kernel_size=1, groups=num_heads)
+        self.num_heads, self.hidden = num_heads, hidden
+        pixel = nn.Conv2d(hidden, num_heads * hidden, kernel_size=1)
+        out = nn.Conv2d(num_heads * hidden, num_heads, kernel_size=1, groups=num_heads)
+        # The default convolution initialisation, copied to every target.
+        self.pixel_weight = nn.Parameter(pixel.weight.detach()[:, :, 0, 0].repeat(vocab, 1, 1))
+        self.pixel_bias = nn.Parameter(pixel.bias.detach().repeat(vocab, 1))
+        self.out_weight = nn.Parameter(out.weight.detach()[:, :, 0, 0].reshape(1, num_heads, hidden).repeat(vocab, 1, 1))
+        self.out_bias = nn.Parameter(out.bias.detach().repeat(vocab, 1))
         self.act = nn.GELU()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[M,C,H,W] -> candidates in (0,1) [M,Kh,H,W]."""
-        return torch.sigmoid(self.out(self.act(self.pixel(hidden))))
+    def forward(self, hidden: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """hidden [M,C,H,W], tgt [M] target ids -> candidates in (0,1) [M,Kh,H,W]."""
+        m, c, hh, ww = hidden.shape
+        flat = hidden.reshape(m, c, hh * ww)
+        h = torch.bmm(self.pixel_weight[tgt], flat) + self.pixel_bias[tgt].unsqueeze(-1)  # [M,Kh*C,HW]
+        h = self.act(h).reshape(m, self.num_heads, self.hidden, hh * ww)
+        out = (self.out_weight[tgt].unsqueeze(-1) * h).sum(dim=2) + self.out_bias[tgt].unsqueeze(-1)
+        return torch.sigmoid(out.reshape(m, self.num_heads, hh, ww))
 
 
 class QualityEvaluator(nn.Module):
@@ -201,7 +216,7 @@ class HeadOutput:
 
 
 class TaskHeadNet(nn.Module):
-    def __init__(self, dim: int, skip_dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, skip_dim: int, num_heads: int, vocab: int) -> None:
         super().__init__()
         trunk = max(dim // 2, 8)
         self.skip = nn.Conv2d(skip_dim, trunk, kernel_size=1)
@@ -215,13 +230,13 @@ class TaskHeadNet(nn.Module):
         w = self.detail.width
         self.detail_film = nn.ModuleList(FiLM(dim, c) for c in (w, w, 2 * w))
         self.decoder = DecoderTrunk(trunk, self.detail.width, dim)
-        self.heads = CandidateHeads(self.decoder.hidden_dim, num_heads)
+        self.heads = CandidateHeads(self.decoder.hidden_dim, num_heads, vocab)
         self.evaluator = QualityEvaluator(self.decoder.hidden_dim, dim, num_heads)
 
-    def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, x: torch.Tensor,
-                c_modal: torch.Tensor, avail: torch.Tensor, slot_weights: torch.Tensor) -> HeadOutput:
+    def forward(self, features: torch.Tensor, skip: torch.Tensor, c_task: torch.Tensor, tgt: torch.Tensor,
+                x: torch.Tensor, c_modal: torch.Tensor, avail: torch.Tensor, slot_weights: torch.Tensor) -> HeadOutput:
         """features [B,N,D,h,w] (stride 8); skip [B,K,S,2h,2w] (each slot's stride-4 level); c_task [B,N,D];
-        x [B,K,H,W], c_modal [B,K,D], avail [B,K]; slot_weights [B,N,K,h',w'] how much of each present slot
+        tgt [B,N] target ids; x [B,K,H,W], c_modal [B,K,D], avail [B,K]; slot_weights [B,N,K,h',w'] how much of each present slot
         reaches each target's fine-scale paths (0 for absent slots)."""
         n = features.shape[1]
         cond = c_task.flatten(0, 1)
@@ -231,7 +246,7 @@ class TaskHeadNet(nn.Module):
         t = self.merge(torch.cat([upsample2(features.flatten(0, 1)), skip, quarter], dim=1))
         t = self.act(self.film(self.norm(self.spatial(t)), cond))
         hidden = self.decoder(t, half, full, cond)
-        candidates = self.heads(hidden)  # [M,Kh,H,W]
+        candidates = self.heads(hidden, tgt.flatten())  # [M,Kh,H,W]
         quality = self.evaluator(hidden.detach(), candidates.detach(), cond)
         support = expand_targets(signal_support(x, avail), n)
         image, scale = self._select(candidates, quality, support)

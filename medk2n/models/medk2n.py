@@ -57,7 +57,7 @@ class MedK2N(nn.Module):
             if switches["task_memory"]
             else None
         )
-        self.heads = TaskHeadNet(dim, cfg.feature_dim, cfg.num_candidate_heads)
+        self.heads = TaskHeadNet(dim, cfg.feature_dim, cfg.num_candidate_heads, vocab)
         self.embedder = ImageEmbedder(cfg.text_dim) if switches["cmim"] else None
         self.register_buffer("text_embeddings", text_embeddings.detach().float().clone())
 
@@ -128,7 +128,7 @@ class MedK2N(nn.Module):
             if k > 1:
                 used = gates["accept"][..., None, None] * gates["w_eff"]  # [B,N,K-1,h,w]
                 slot_weights = torch.cat([torch.ones_like(used[:, :, :1]), used], dim=2) * avail[:, None, :, None, None]
-        heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, x, c_modal, avail, slot_weights)
+        heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, tgt, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
