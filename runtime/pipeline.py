@@ -32,7 +32,7 @@ from medk2n.fsutil import write_atomic
 from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
                                     check_output_writable, remove_own_partials)
-from medk2n.runtime.png import tile_grid, write_png
+from medk2n.runtime.png import labelled_grid, write_png
 
 if TYPE_CHECKING:
     from medk2n.runtime.synthesizer import Request, Synthesizer
@@ -115,20 +115,28 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
 
 def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, scale: np.ndarray,
                  keep: np.ndarray) -> np.ndarray:
-    """Middle brain slice: sources / syntheses / predicted error rows, neurological view (anterior up).
+    """Middle brain slice, labelled: sources / syntheses / predicted error rows, neurological view (anterior up).
 
-    The error row is the Laplace scale, each tile stretched to its own maximum (bright = least trusted)."""
+    The error row is the Laplace scale, each tile stretched to its own maximum (bright = least trusted);
+    the maximum is printed under each tile and the windowing under the grid."""
     brain = np.flatnonzero(keep)
     mid = int(brain[len(brain) // 2]) if len(brain) else len(keep) // 2
 
     def view(tile: np.ndarray) -> np.ndarray:
         return np.flipud(tile.T)  # canonical tile[x, y] -> rows = y with anterior on top, columns = x
 
-    return tile_grid([
-        [view(prepared.slices[m][mid]) for m in request.sources],
-        [view(img[mid]) for img in images],
-        [view(spread[mid] / max(float(spread[mid].max()), 1e-6)) for spread in scale],
-    ])
+    errors = []
+    for target, spread in zip(request.targets, scale):
+        top = max(float(spread[mid].max()), 1e-6)
+        errors.append((f"{target} max {top:.3f}", view(spread[mid] / top)))
+    return labelled_grid(
+        [("Sources", [(m, view(prepared.slices[m][mid])) for m in request.sources]),
+         ("Syntheses", [(t, view(img[mid])) for t, img in zip(request.targets, images)]),
+         ("Predicted error (Laplace scale)", errors)],
+        notes=[f"Slice {mid} of the model grid (axial, anterior up, neurological: patient left on the left). Sources and "
+               "syntheses: grey 0-1 = the normalised intensity the model sees (per-volume percentile scaling; "
+               "ADC a fixed physical range). Error row: 0 to each tile's own max, in the same normalised units."],
+    )
 
 
 def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence[str], targets: Sequence[str],

@@ -51,3 +51,65 @@ def tile_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
             y, x = r * (height + gap), c * (width + gap)
             canvas[y:y + height, x:x + width] = np.round(np.clip(tile, 0.0, 1.0) * 255).astype(np.uint8)
     return canvas
+
+
+# Montage tiles are enlarged (nearest neighbour, integer factor) to at least this many pixels a side,
+# so a 64x64 model slice is readable on a screen and its labels fit under it.
+MIN_TILE = 160
+TEXT_SCALE = 2
+PAD = 4
+
+
+def _text_strip(lines: Sequence[str], width: int, scale: int = TEXT_SCALE) -> np.ndarray:
+    """White text lines on black, `width` pixels wide; lines too long are cut to fit."""
+    from medk2n.runtime.font import GLYPH_HEIGHT, fit_text, render
+
+    line_height = GLYPH_HEIGHT * scale + PAD
+    strip = np.zeros((len(lines) * line_height + PAD, width), dtype=np.uint8)
+    for i, line in enumerate(lines):
+        ink = render(fit_text(line, width - 2 * PAD, scale), scale)
+        y = PAD + i * line_height
+        strip[y:y + ink.shape[0], PAD:PAD + ink.shape[1]][ink] = 255
+    return strip
+
+
+def _wrap(text: str, width: int, scale: int = TEXT_SCALE) -> list[str]:
+    from medk2n.runtime.font import GLYPH_WIDTH
+
+    per_line = max(1, (width - 2 * PAD) // (scale * (GLYPH_WIDTH + 1)))
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > per_line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def labelled_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], notes: Sequence[str] = (),
+                  gap: int = 2) -> np.ndarray:
+    """Rows of (row title, [(caption, [0,1] tile), ...]) -> one uint8 image with the labels drawn in.
+
+    Tiles are enlarged to at least MIN_TILE pixels, each row gets its title above it and each tile its
+    caption; `notes` (e.g. the windowing) are wrapped under the grid."""
+    height, width = rows[0][1][0][1].shape
+    factor = max(1, -(-MIN_TILE // max(height, width)))
+    tile_h, tile_w = height * factor, width * factor
+    n_cols = max(len(tiles) for _, tiles in rows)
+    canvas_w = max(n_cols * (tile_w + gap) - gap, 1)
+    parts = []
+    for title, tiles in rows:
+        parts.append(_text_strip([title], canvas_w))
+        captions = np.zeros((_text_strip([""], tile_w).shape[0], canvas_w), dtype=np.uint8)
+        row = np.zeros((tile_h, canvas_w), dtype=np.uint8)
+        for c, (caption, tile) in enumerate(tiles):
+            x = c * (tile_w + gap)
+            captions[:, x:x + tile_w] = _text_strip([caption], tile_w)
+            big = np.clip(tile, 0.0, 1.0).repeat(factor, axis=0).repeat(factor, axis=1)
+            row[:, x:x + tile_w] = np.round(big * 255).astype(np.uint8)
+        parts += [captions, row, np.zeros((gap * 2, canvas_w), dtype=np.uint8)]
+    lines = [line for note in notes for line in _wrap(note, canvas_w, 1)]
+    if lines:
+        parts.append(_text_strip(lines, canvas_w, scale=1))
+    return np.concatenate(parts, axis=0)

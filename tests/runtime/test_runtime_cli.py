@@ -89,8 +89,14 @@ def test_montage_layout(tmp_path: Path, bundle_dir: Path) -> None:
     result = run(*synth_args(bundle_dir, case, out=tmp_path / "out", targets="adc"), "--png")
     assert result.exit_code == 0, result.output
     image = np.asarray(pil.open(tmp_path / "out" / "case001" / "montage.png"))
-    assert image.shape == (3 * 32 + 2 * 2, 2 * 32 + 2)  # rows: 2 sources / 1 synthesis / 1 predicted error
-    assert image[:32, :32].max() > 0 and image[34:66, 34:].max() == 0  # no second synthesis tile
+    # 32-pixel slices enlarged 5x; each row = title strip, caption strip, tiles, a gap; notes underneath.
+    tile, strip, row = 160, 22, 22 + 22 + 160 + 4
+    assert image.shape[1] == 2 * tile + 2 and image.shape[0] > 3 * row
+    assert image[:strip].max() == 255  # the row title is drawn
+    assert image[2 * strip:2 * strip + tile, :tile].max() > 0  # first source tile
+    synthesis = slice(row + strip, row + 2 * strip + tile)  # the synthesis row's caption and tiles
+    assert image[synthesis, :tile].max() > 0 and image[synthesis, tile + 2:].max() == 0  # one target, one tile
+    assert image[3 * row:].max() == 255  # the windowing note
 
 
 def bad_case(tmp_path: Path, problem: str) -> tuple[Path, str]:
