@@ -69,6 +69,8 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: st
         with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
                          batch_size=batch_size, coverage=coverage, max_voxels=max_voxels) as synth:
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
+            if synth.training_note:
+                click.echo(f"WARNING: {synth.training_note}", err=True)
             if synth.uncertainty_note:
                 click.echo(f"note: {synth.uncertainty_note}", err=True)
             else:

@@ -90,6 +90,17 @@ class Synthesizer:
         self.runner.deactivate()
 
     @property
+    def training_note(self) -> str | None:
+        """A warning when the bundle's weights come from a training run cut short of its schedule."""
+        training = (self.bundle.manifest.source or {}).get("training", {}) or {}
+        if "stopped_by" not in training:  # ran to its end, or a snapshot taken on the way (`best`)
+            return None
+        total = training.get("max_steps")
+        return (f"this bundle's model stopped training at step {training.get('step')}"
+                + (f" of {total}" if total else "")
+                + f" ({training.get('stopped_by', 'interrupted')}), before the end of its schedule")
+
+    @property
     def uncertainty_note(self) -> str | None:
         """Why this bundle writes no uncertainty map (None when it does)."""
         if not self.bundle.has_scale:

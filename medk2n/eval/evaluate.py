@@ -38,6 +38,18 @@ class EvalResult:
     # target -> [(|error|, scale)] per subject, brain voxels in the protocol's space: the risk-coverage curve
     errors: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     coverage: float | None = None  # of the intervals scored, when the predictor is calibrated
+    model: dict = field(default_factory=dict)  # provenance of the weights scored (model_provenance)
+
+    @property
+    def training_warning(self) -> str | None:
+        """One sentence when the weights come from a run cut short of its schedule, else None."""
+        training = self.model.get("training", {})
+        if "stopped_by" not in training:  # ran to its end, or a snapshot taken on the way (`best`)
+            return None
+        total = training.get("max_steps")
+        at = f"step {training.get('step')}" + (f" of {total}" if total else "")
+        return (f"WARNING: this model's training stopped at {at}, by {training.get('stopped_by', 'an interruption')}, "
+                "before the end of its schedule: it is not the model its recipe makes.")
 
     def summary(self) -> dict[str, dict[str, dict]]:
         """method -> target -> metric -> {mean, sd, n}."""
@@ -72,6 +84,15 @@ def subject_mask(case: Case, fallback: tuple[np.ndarray, VolumeInfo]) -> np.ndar
     return brain_mask(fallback[0]) if shipped is None else shipped
 
 
+def model_provenance(source: dict) -> dict:
+    """What the report keeps of a bundle's (or checkpoint's) source record: the weights' hash and how far
+    their training got."""
+    keys = ("step", "max_steps", "schedule", "schedule_complete", "stopped_by")
+    training = source.get("training", {}) or {}
+    return {"weights_sha256": source.get("weights_sha256"),
+            "training": {k: training[k] for k in keys if k in training}}
+
+
 def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str], targets: Sequence[str],
              train_dir: str | Path | None = None, reference: str | None = None, examples: int = 3) -> EvalResult:
     cases = [c for c in discover_dataset(Path(dataset)) if all(m in c.files for m in [*sources, *targets])]
@@ -79,7 +100,7 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         raise DataError(f"{dataset}: no case has all of {', '.join([*sources, *targets])}")
     norms = predictor.bundle.norms
     templates = mean_templates(train_dir, targets, norms, predictor.bundle.image_size) if train_dir else {}
-    result = EvalResult(list(sources), list(targets))
+    result = EvalResult(list(sources), list(targets), model=model_provenance(predictor.bundle.manifest.source))
     if predictor.uncertainty_note is None:
         result.coverage = predictor.coverage
     for case in cases:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec, training_roles
+from medk2n.manifest import MANIFEST_NAME, Manifest, ModelFile, TensorSpec, sha256_file, training_roles
 from medk2n.runtime.synthesizer import Synthesizer
 
 
@@ -30,9 +30,9 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
     from medk2n.models.runner import TorchRunner
     from medk2n.runtime.backends import BackendChoice
     from medk2n.runtime.bundle import Bundle
-    from medk2n.train.checkpoint import load_checkpoint
+    from medk2n.train.checkpoint import WEIGHTS, load_checkpoint
 
-    model, cfg, _ = load_checkpoint(path, device=device)
+    model, cfg, meta = load_checkpoint(path, device=device)
     mc = cfg.model
     manifest = Manifest(
         k=k, n=n, image_size=mc.image_size, modalities=list(mc.modalities),
@@ -41,6 +41,7 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
         models=[], inputs=[], outputs=[TensorSpec(name, "float32", []) for name in ("images", "scale")],
         batch={"min": 1, "opt": 8, "max": 1024},
         roles=training_roles(cfg.train),
+        source={"weights_sha256": sha256_file(Path(path) / WEIGHTS), "training": meta},
     )
     bundle = Bundle(path=Path(path), manifest=manifest, norms=dict(mc.normalization))
     runner = TorchRunner(model, device=device)

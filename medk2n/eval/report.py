@@ -30,7 +30,8 @@ def best_copy(summary: dict, target: str) -> str | None:
 def markdown(result: EvalResult, title: str) -> str:
     summary = result.summary()
     lesioned = len({r["case"] for r in result.rows if "lesion_mae" in r})
-    lines = [f"### {title}", "", f"Sources: {', '.join(result.sources)}; subjects: "
+    warning = [f"**{result.training_warning}**", ""] if result.training_warning else []
+    lines = [f"### {title}", "", *warning, f"Sources: {', '.join(result.sources)}; subjects: "
              f"{len({r['case'] for r in result.rows})}; mean ± sd over subjects"
              + (f" (lesion_* over the {lesioned} with a lesion mask; bias < 0: lesion too dark)." if lesioned else "."),
              "uncertainty_spearman: Spearman(predicted error, |error|) inside the brain; ause: area between its "
@@ -54,7 +55,7 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     """`out` is the JSON path; CSV, Markdown and PNG are written beside it with the same stem."""
     out = Path(out)
     paths = {"json": out, "csv": out.with_suffix(".csv"), "md": out.with_suffix(".md")}
-    doc = {"title": title, "sources": result.sources, "targets": result.targets,
+    doc = {"title": title, "sources": result.sources, "targets": result.targets, "model": result.model,
            "summary": result.summary(), "subjects": result.rows}
     write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
     write_atomic(paths["md"], markdown(result, title).encode())

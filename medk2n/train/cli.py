@@ -56,6 +56,11 @@ def main(config, data, out, max_steps, resume, device, ablation, arch, encoder_c
                        progress=not no_progress, budget_minutes=budget_minutes, fit_to_budget=fit_to_budget)
         click.echo(f"trained to step {result.step}; best held-out masked PSNR {result.best_metric:.2f} dB; "
                    f"checkpoints in {out / 'checkpoints'}")
+        if result.stopped_early:
+            # Loud on purpose: a cut-short run looks like a finished one in every file it leaves.
+            click.echo(f"WARNING: training stopped by {result.stopped_early} at step {result.step}, before the end "
+                       "of its schedule; its checkpoints, and every bundle and report made from them, say so",
+                       err=True)
         return 0
 
     run_cli(body, debug)

@@ -43,6 +43,7 @@ class TrainResult:
     best_metric: float
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: str | None = None  # what ended the run before its schedule did (None: it ran to the end)
 
 
 class DetailedForward(torch.nn.Module):
@@ -203,8 +204,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
                        progress=progress)
     amp = _autocast(tc.amp, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and tc.amp == "fp16")
-    stop = {"flag": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    stop = {"flag": False, "reason": None}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True, reason="SIGTERM"))
 
     step, loss_value, history = start, float("nan"), []
     try:
@@ -226,23 +227,42 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
                    "slices_per_s": batch["x"].shape[0] * ctx.world_size / (time.perf_counter() - t0)}
             history.append(row)
             logger.log_train(row, every=tc.log_every)
-            if time.monotonic() > deadline or (stop_at_step is not None and step >= stop_at_step):
-                stop["flag"] = True
+            if time.monotonic() > deadline:
+                stop.update(flag=True, reason=stop["reason"] or "the wall-clock budget")
+            if stop_at_step is not None and step >= stop_at_step:
+                stop.update(flag=True, reason=stop["reason"] or f"stop_at_step={stop_at_step}")
             stop["flag"] = any_rank(stop["flag"], ctx)
             if step % tc.val_every == 0 or step == tc.max_steps or stop["flag"]:
                 metrics = validate(model, val_set, cfg, ctx.device)
                 score = all_reduce_mean(metrics["masked_psnr"], ctx)
                 logger.log_val(step, metrics)
+                status = _schedule_status(step, tc.max_steps, stop, fit_to_budget)
                 if ctx.is_main:
                     best = _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics,
-                                 subjects=split)
+                                 subjects=split, status=status)
                 model.train()
             if stop["flag"]:
                 break
     finally:
         signal.signal(signal.SIGTERM, previous)
         logger.close()
-    return TrainResult(step=step, last_loss=loss_value, best_metric=best, run_dir=run_dir, history=history)
+    status = _schedule_status(step, tc.max_steps, stop, fit_to_budget)
+    return TrainResult(step=step, last_loss=loss_value, best_metric=best, run_dir=run_dir, history=history,
+                       stopped_early=None if status["schedule_complete"] else status.get("stopped_by", "interrupted"))
+
+
+def _schedule_status(step: int, max_steps: int, stop: dict, fit_to_budget: bool) -> dict:
+    """Whether the checkpoint at `step` ends its schedule, and what stopped the run if something cut it short
+    (`stopped_by`): recorded with the checkpoint, so every report made from it can say so. A snapshot
+    taken on the way (`best`) is incomplete but was not cut short."""
+    if fit_to_budget:
+        done = stop["flag"] and stop["reason"] == "the wall-clock budget"
+        status = {"schedule": "fitted to the wall-clock budget", "max_steps": None, "schedule_complete": done}
+    else:
+        status = {"schedule": "steps", "max_steps": max_steps, "schedule_complete": step >= max_steps}
+    if not status["schedule_complete"] and stop["flag"]:
+        status["stopped_by"] = stop["reason"] or "a stop request"
+    return status
 
 
 def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, SliceDataset, list]:
@@ -343,10 +363,10 @@ def split_record(train_cases: list, validation: list[str]) -> dict[str, list[str
             "train_fingerprints": sorted(case_fingerprint(c) for c in train_cases)}
 
 
-def _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics, subjects) -> float:
+def _save(run_dir, model, cfg, optimizer, scheduler, step, best, score, metrics, subjects, status) -> float:
     # The subjects of each side of the split: export calibrates the uncertainty on subjects the
     # weights never saw, and must be able to tell which those are.
-    meta = {"step": step, "val": metrics, "subjects": subjects}
+    meta = {"step": step, "val": metrics, "subjects": subjects, **status}
     is_best = score > best
     best = max(best, score)
     trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -264,3 +264,20 @@ def test_a_calibration_the_runtime_could_misread_is_refused(tmp_path: Path) -> N
     edit_manifest(folder, uncertainty=broken)
     with pytest.raises(BundleError, match="bad uncertainty calibration: fp32/dwi: quantiles must not decrease"):
         load_bundle(folder)
+
+
+def test_a_bundle_from_a_cut_short_training_run_is_flagged():
+    from types import SimpleNamespace
+
+    from medk2n.runtime.synthesizer import Synthesizer
+
+    def note(training):
+        fake = SimpleNamespace(bundle=SimpleNamespace(manifest=SimpleNamespace(source={"training": training})))
+        return Synthesizer.training_note.fget(fake)
+
+    assert note({"step": 152, "max_steps": 2200, "schedule_complete": False, "stopped_by": "the wall-clock budget"}) \
+        == ("this bundle's model stopped training at step 152 of 2200 (the wall-clock budget), "
+            "before the end of its schedule")
+    assert note({"step": 2200, "max_steps": 2200, "schedule_complete": True}) is None
+    assert note({"step": 900, "max_steps": 2200, "schedule_complete": False}) is None  # `best`, mid-run
+    assert note({"step": 10}) is None  # bundles from before the record: nothing known, nothing claimed
