@@ -140,6 +140,25 @@ def demo(metrics: Path, out: Path, debug: bool) -> None:
     run_cli(body, debug)
 
 
+@cli.command("demo-model")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("assets/demo-model"),
+              show_default=True)
+@click.option("--recipe", required=True, help="How the run was made (data, config, steps), kept in provenance.json.")
+@click.option("--replace", is_flag=True, help="Ship over an existing demo model folder.")
+@debug_option
+def demo_model(run_dir: Path, out: Path, recipe: str, replace: bool, debug: bool) -> None:
+    """Ship RUN_DIR's finished checkpoint as the demo model `make demo` evaluates."""
+
+    def body() -> int:
+        from medk2n.benchmarks.demo_model import ship_demo_model
+
+        click.echo(f"shipped {ship_demo_model(run_dir, out, recipe, replace)}")
+        return 0
+
+    run_cli(body, debug)
+
+
 @cli.command()
 @click.option("--results", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--readme", type=click.Path(path_type=Path, dir_okay=False), default=Path("README.md"),

@@ -9,7 +9,7 @@ same way, so the FP16/INT8 drop is measured on whole held-out volumes.
 Equal budget, fitted schedule: every method trains with its curriculum and
 its cosine decay spread over the wall-clock budget (`train(fit_to_budget=True)`),
 so each ends in the last curriculum stage with its rate decayed, however
-fast its steps are. (Until 2026-12-03 a 5-step probe of the cheap first stage
+fast its steps are. (Before 2026-12-02, evening, a 5-step probe of the cheap first stage
 set max_steps; the runs then stopped about half-way along their schedules.)
 """
 
