@@ -93,3 +93,17 @@ def test_a_missing_module_of_no_extra_is_not_disguised() -> None:
 
     assert missing_extra(ModuleNotFoundError("x", name="torch.nn")) is not None
     assert missing_extra(ModuleNotFoundError("x", name="numpy")) is None
+
+
+def test_the_library_imports_from_the_source_root() -> None:
+    """A regular (non-editable) install, used from inside the clone: the source folder medk2n/ shadows the
+    installed package there, and export/, runtime/, benchmarks/ are not inside it."""
+    base = os.environ.get("MEDK2N_BASE_PYTHON")
+    if not base:
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([base, "-c", "import sys, medk2n.runtime.synthesizer as s; print(s.__file__); "
+                           "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    location, torch_loaded = proc.stdout.split()
+    assert Path(location) == root / "runtime" / "synthesizer.py" and torch_loaded == "False"
