@@ -78,6 +78,9 @@ $(DEMO)/.train-recipe: FORCE
 
 FORCE:
 
+# The code every demo stage after the data runs: a change to it (a pull, an edit) redoes those stages.
+DEMO_CODE := $(wildcard medk2n/*.py medk2n/*/*.py export/*.py runtime/*.py)
+
 demo: $(DEMO)/eval/metrics.json
 	@echo
 	@cat $(DEMO)/eval/metrics.md
@@ -111,18 +114,18 @@ DEMO_TASK := flair,adc:dwi,t2,t1,pd
 # The shipped demo model is the run's `last`, the end of the cosine schedule, not `best`: `best` is picked by
 # slice PSNR on the 3 validation subjects (a fifth of 16), too few to rank checkpoints a few
 # hundred steps apart (nnU-Net predicts with its final checkpoint for the same reason).
-$(DEMO)/bundle-%/manifest.json: $(DEMO_MODEL)/model.safetensors $(DEMO)/train/.done
+$(DEMO)/bundle-%/manifest.json: $(DEMO_MODEL)/model.safetensors $(DEMO)/train/.done $(DEMO_CODE)
 	rm -rf $(DEMO)/bundle-$*
 	$(BIN)/medk2n-export $(DEMO_MODEL) --k 2 --n 4 --precision $* \
 		--calib $(DEMO)/train --heldout $(DEMO)/calib --calib-task $(DEMO_TASK) --batch 1:8:16 --out $(DEMO)/bundle-$*
 
-$(DEMO)/out/.done: $(DEMO)/bundle-fp32/manifest.json $(DEMO)/bundle-int8/manifest.json
+$(DEMO)/out/.done: $(DEMO)/bundle-fp32/manifest.json $(DEMO)/bundle-int8/manifest.json $(DEMO_CODE)
 	rm -rf $(DEMO)/out
 	$(BIN)/medk2n-run $(DEMO)/bundle-int8 $(DEMO)/test/*/ --sources flair,adc --targets dwi,t2,t1,pd \
 		--out $(DEMO)/out --png --json $(DEMO)/run-int8.json
 	touch $@
 
-$(DEMO)/eval/metrics.json: $(DEMO)/out/.done
+$(DEMO)/eval/metrics.json: $(DEMO)/out/.done $(DEMO_CODE)
 	$(BIN)/medk2n-eval $(DEMO)/bundle-fp32 $(DEMO)/test --sources flair,adc --targets dwi,t2,t1,pd \
 		--train-data $(DEMO)/train --out $(DEMO)/eval/metrics.json > /dev/null
 	$(BIN)/medk2n-eval $(DEMO)/bundle-int8 $(DEMO)/test --sources flair,adc --targets dwi,t2,t1,pd \
