@@ -34,6 +34,39 @@ ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecution
 CUDA_OPTIONS = {"device_id": "0", "use_tf32": "0"}
 
 
+# Distributions that all unpack into the one `onnxruntime` package folder.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
+
+
+def installed_ort_builds() -> list[str]:
+    """The ONNX Runtime distributions installed in this environment."""
+    from importlib import metadata
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def ort_conflict_note() -> str | None:
+    """One line when several ONNX Runtime builds are installed at once, else None.
+
+    They share one folder, so whichever was installed last overwrote parts of the other: `pip
+    install medk2n[gpu]` next to the base install's CPU `onnxruntime` gives a runtime without CUDA
+    that `pip check` does not flag. Say so, and how to keep one build."""
+    builds = installed_ort_builds()
+    if len(builds) < 2:
+        return None
+    keep = next((b for b in builds if b != "onnxruntime"), builds[0])
+    return (f"{' and '.join(builds)} are installed together and overwrite each other's files (providers now: "
+            f"{', '.join(ort.get_available_providers())}); keep one: "
+            f"pip uninstall -y {' '.join(builds)} && pip install {keep}")
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     backend: str  # cpu | cuda | tensorrt | trt-plan

@@ -21,7 +21,7 @@ try:  # ONNX Runtime and nibabel take seconds to import: Ctrl-C then is one line
     from medk2n.cli_util import debug_option, run_cli
     from medk2n.data.nifti import MAX_VOXELS
     from medk2n.errors import RunFault
-    from medk2n.runtime.backends import BACKENDS, PRECISIONS
+    from medk2n.runtime.backends import BACKENDS, PRECISIONS, ort_conflict_note
     from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
     from medk2n.runtime.synthesizer import Synthesizer
     from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
@@ -71,6 +71,9 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: st
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
             if synth.training_note:
                 click.echo(f"WARNING: {synth.training_note}", err=True)
+            conflict = ort_conflict_note()
+            if conflict:
+                click.echo(f"WARNING: {conflict}", err=True)
             if synth.uncertainty_note:
                 click.echo(f"note: {synth.uncertainty_note}", err=True)
             else:

@@ -141,3 +141,25 @@ def test_fixed_batch_has_no_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     bundle = load_bundle(make_bundle(tmp_path / "b", batch={"min": 4, "opt": 4, "max": 4}))
     assert "trt_profile_opt_shapes" not in tensorrt_ep_options(bundle, bundle.model("onnx", "fp32"))
+
+
+def test_two_onnxruntime_builds_installed_at_once_are_named_with_the_fix(monkeypatch):
+    """onnxruntime and onnxruntime-gpu share one folder; with both installed the GPU build can silently lose."""
+    from importlib import metadata
+
+    from medk2n.runtime import backends
+
+    def pretend(installed):
+        def distribution(name):
+            if name not in installed:
+                raise metadata.PackageNotFoundError(name)
+            return object()
+        monkeypatch.setattr(metadata, "distribution", distribution)
+
+    pretend({"onnxruntime", "onnxruntime-gpu"})
+    assert backends.installed_ort_builds() == ["onnxruntime", "onnxruntime-gpu"]
+    note = backends.ort_conflict_note()
+    assert note.startswith("onnxruntime and onnxruntime-gpu are installed together and overwrite each other's files")
+    assert note.endswith("keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
+    pretend({"onnxruntime"})
+    assert backends.ort_conflict_note() is None
