@@ -1,7 +1,8 @@
 """The module that gets traced: a Med-K2N model pinned to fixed K sources and N targets.
 
-In eval mode the model's gates are hard (`torch.where`) and head selection is
-an argmax, so there is no Python branching on tensor values; its loops over
+In eval mode head selection is a one-hot argmin of predicted error and the
+acceptance gates are the soft step they were trained with (models.fusion), so
+there is no Python branching on tensor values; its loops over
 the K-1 auxiliary frames (sequential fusion, paper eqs. 4-11) and the N target
 heads (eq. 12) have trip counts fixed by the input shapes and unroll into one
 static graph when traced with fixed K and N. Modality identities stay inputs
