@@ -135,7 +135,7 @@ def train(
     since the curriculum's later stages cost more per step than its first.
     """
     if fit_to_budget and not budget_minutes:
-        raise ConfigError("fitting the schedule to a budget needs a budget (budget_minutes)")
+        raise ConfigError("fitting the schedule to a budget needs a budget (--budget-minutes)")
     if fit_to_budget and resume:
         raise ConfigError("a schedule fitted to a wall-clock budget cannot be resumed; start a new run")
     ctx = setup(device)
