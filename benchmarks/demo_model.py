@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 
 from medk2n.errors import MedK2NError
-from medk2n.fsutil import make_temp_dir, write_atomic
+from medk2n.fsutil import make_temp_dir, swap_in_dir, write_atomic
 from medk2n.manifest import sha256_file
 
 CHECKPOINT_FILES = ("model.safetensors", "config.json")
@@ -79,14 +79,7 @@ def ship_demo_model(run_dir: Path, out: Path, recipe: str, replace: bool = False
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         write_atomic(stage / PROVENANCE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(out)
+        swap_in_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import shutil
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from typing import Iterator
 import onnx
 
 from medk2n.errors import ExportError
-from medk2n.fsutil import make_temp_dir
+from medk2n.fsutil import make_temp_dir, swap_in_dir
 from medk2n.manifest import MANIFEST_HASH_NAME, MANIFEST_NAME, Manifest, hash_bundle_files
 
 METADATA_KEY = "medk2n.manifest"
@@ -53,14 +52,7 @@ def staging(out: Path, overwrite: bool) -> Iterator[Path]:
 def publish(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished bundle into place; an old bundle is swapped out, never half-overwritten."""
     check_target(out, overwrite)
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(tmp, out)
 
 
 def embed_manifest(onnx_path: Path, manifest: Manifest) -> None:

@@ -10,6 +10,7 @@ under the current umask. Torch-free: the runtime uses it too.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,3 +47,17 @@ def make_temp_dir(parent: str | Path, name: str, suffix: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=suffix, dir=parent))
     chmod_plain(tmp)
     return tmp
+
+
+def swap_in_dir(tmp: str | Path, directory: str | Path) -> None:
+    """Rename the finished folder `tmp` to `directory`, swapping an existing one out first, so that one of
+    the two is always complete on disk (never a half-overwritten folder)."""
+    tmp, directory = Path(tmp), Path(directory)
+    if not directory.exists():
+        os.replace(tmp, directory)
+        return
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)

@@ -10,7 +10,6 @@ swapped in, so Ctrl-C or SIGTERM mid-save leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from medk2n.config import ExperimentConfig
 from medk2n.errors import CheckpointError, ConfigError
-from medk2n.fsutil import chmod_plain, make_temp_dir
+from medk2n.fsutil import chmod_plain, make_temp_dir, swap_in_dir
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -58,23 +57,11 @@ def save_checkpoint(
             (tmp / TRAINER_STATE).write_text(json.dumps(scalars, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             chmod_plain(path)  # safetensors writes 0600, json 0644: one mode for every file, as open() gives
-        _swap_in(tmp, directory)
+        swap_in_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def _swap_in(tmp: Path, directory: Path) -> None:
-    """Replace `directory` by `tmp` so that one of the two is always complete on disk."""
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)
 
 
 def read_checkpoint_config(directory: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
