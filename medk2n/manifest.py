@@ -201,3 +201,14 @@ def verify_bundle(bundle_dir: Path, manifest: Manifest) -> None:
         actual = sha256_file(path)
         if actual != expected:
             raise BundleError(f"{path}: sha256 mismatch (bundle modified or corrupt)")
+
+
+def training_cut_short(training: dict | None) -> tuple[str, str] | None:
+    """("step S of M", what stopped it) when a checkpoint's training record says its run was cut short of its
+    schedule, else None (it ran to its end, it is a snapshot taken on the way such as `best`, or it predates
+    the record)."""
+    training = training or {}
+    if "stopped_by" not in training:
+        return None
+    total = training.get("max_steps")
+    return f"step {training.get('step')}" + (f" of {total}" if total else ""), training["stopped_by"]

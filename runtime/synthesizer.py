@@ -26,6 +26,7 @@ from medk2n.data.nifti import MAX_VOXELS, VolumeInfo, check_volume_values
 from medk2n.data.preprocess import PreparedCase, prepare_case, restore_volume
 from medk2n.data.standardize import standardize_with_slope
 from medk2n.errors import BundleError, DataError
+from medk2n.manifest import training_cut_short
 from medk2n.runtime.backends import BackendChoice, backend_chain, open_runner
 from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.inferer import SliceInferer, brain_slices
@@ -92,13 +93,10 @@ class Synthesizer:
     @property
     def training_note(self) -> str | None:
         """A warning when the bundle's weights come from a training run cut short of its schedule."""
-        training = (self.bundle.manifest.source or {}).get("training", {}) or {}
-        if "stopped_by" not in training:  # ran to its end, or a snapshot taken on the way (`best`)
+        cut = training_cut_short((self.bundle.manifest.source or {}).get("training"))
+        if cut is None:
             return None
-        total = training.get("max_steps")
-        return (f"this bundle's model stopped training at step {training.get('step')}"
-                + (f" of {total}" if total else "")
-                + f" ({training.get('stopped_by', 'interrupted')}), before the end of its schedule")
+        return f"this bundle's model stopped training at {cut[0]} ({cut[1]}), before the end of its schedule"
 
     @property
     def uncertainty_note(self) -> str | None:

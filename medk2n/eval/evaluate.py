@@ -23,6 +23,7 @@ from medk2n.eval.protocol import interval_space, score_volume, summarise
 from medk2n.eval.uncertainty import uncertainty_scores
 from medk2n.eval.references import mean_prediction, mean_templates
 from medk2n.runtime.synthesizer import Synthesizer
+from medk2n.manifest import training_cut_short
 
 MODEL = "model"
 # Brain voxels per subject and target kept for the pooled risk-coverage curve (a strided sample).
@@ -43,12 +44,10 @@ class EvalResult:
     @property
     def training_warning(self) -> str | None:
         """One sentence when the weights come from a run cut short of its schedule, else None."""
-        training = self.model.get("training", {})
-        if "stopped_by" not in training:  # ran to its end, or a snapshot taken on the way (`best`)
+        cut = training_cut_short(self.model.get("training"))
+        if cut is None:
             return None
-        total = training.get("max_steps")
-        at = f"step {training.get('step')}" + (f" of {total}" if total else "")
-        return (f"WARNING: this model's training stopped at {at}, by {training.get('stopped_by', 'an interruption')}, "
+        return (f"WARNING: this model's training stopped at {cut[0]}, by {cut[1]}, "
                 "before the end of its schedule: it is not the model its recipe makes.")
 
     def summary(self) -> dict[str, dict[str, dict]]:
