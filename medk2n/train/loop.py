@@ -29,7 +29,7 @@ from medk2n.train import checkpoint as ckpt
 from medk2n.train.distributed import DistContext, all_reduce_mean, any_rank, setup, teardown
 from medk2n.train.logger import RunLogger
 from medk2n.train.output_scales import fit_output_scales
-from medk2n.train.schedule import STAGES, BudgetProgress, StepProgress, stage_at, warmup_cosine
+from medk2n.train.schedule import STAGES, BudgetProgress, curriculum_stage, stage_at, warmup_cosine
 from medk2n.train.validate import validate
 
 
@@ -172,12 +172,11 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay
     )
+    budget = None  # a step schedule; else progress is the spent share of the wall-clock budget
     if fit_to_budget:
         now = time.monotonic()
-        schedule_progress = BudgetProgress(started=now, seconds=max(1e-3, deadline - now))
-    else:
-        schedule_progress = StepProgress(tc.max_steps)
-    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, schedule_progress if fit_to_budget else None)
+        budget = BudgetProgress(started=now, seconds=max(1e-3, deadline - now))
+    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.max_steps, budget)
     start, best = 0, -math.inf
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -193,7 +192,8 @@ def _train(cfg, data_dir, run_dir, max_steps, resume, ctx: DistContext, progress
         )
     batch_sampler = StepBatches(len(train_set), tc.batch_size, tc.seed, start, tc.max_steps, ctx,
                                 focus=train_set.lesion_indices, focus_fraction=tc.lesion_oversample,
-                                stage_of=lambda step: stage_at(schedule_progress(step), tc.curriculum))
+                                stage_of=lambda step: curriculum_stage(step, tc.max_steps, tc.curriculum)
+                                if budget is None else stage_at(budget(step), tc.curriculum))
     loader = DataLoader(
         CurriculumItems(train_set, tc.seed),
         batch_sampler=batch_sampler,

@@ -25,16 +25,6 @@ STAGES = tuple(_STAGE_KINDS)
 
 
 @dataclass(frozen=True)
-class StepProgress:
-    """Progress = step / total_steps (reproducible, resumable)."""
-
-    total_steps: int
-
-    def __call__(self, step: int) -> float:
-        return min(1.0, step / max(1, self.total_steps))
-
-
-@dataclass(frozen=True)
 class BudgetProgress:
     """Progress = the share of a wall-clock budget spent since `started` (a time.monotonic() reading).
 
