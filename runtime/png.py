@@ -65,12 +65,18 @@ def _text_strip(lines: Sequence[str], width: int, scale: int = TEXT_SCALE) -> np
     from medk2n.runtime.font import GLYPH_HEIGHT, fit_text, render
 
     line_height = GLYPH_HEIGHT * scale + PAD
-    strip = np.zeros((len(lines) * line_height + PAD, width), dtype=np.uint8)
+    strip = np.zeros((_strip_height(len(lines), scale), width), dtype=np.uint8)
     for i, line in enumerate(lines):
         ink = render(fit_text(line, width - 2 * PAD, scale), scale)
         y = PAD + i * line_height
         strip[y:y + ink.shape[0], PAD:PAD + ink.shape[1]][ink] = 255
     return strip
+
+
+def _strip_height(lines: int, scale: int = TEXT_SCALE) -> int:
+    from medk2n.runtime.font import GLYPH_HEIGHT
+
+    return lines * (GLYPH_HEIGHT * scale + PAD) + PAD
 
 
 def _wrap(text: str, width: int, scale: int = TEXT_SCALE) -> list[str]:
@@ -101,7 +107,7 @@ def labelled_grid(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], 
     parts = []
     for title, tiles in rows:
         parts.append(_text_strip([title], canvas_w))
-        captions = np.zeros((_text_strip([""], tile_w).shape[0], canvas_w), dtype=np.uint8)
+        captions = np.zeros((_strip_height(1), canvas_w), dtype=np.uint8)
         row = np.zeros((tile_h, canvas_w), dtype=np.uint8)
         for c, (caption, tile) in enumerate(tiles):
             x = c * (tile_w + gap)
