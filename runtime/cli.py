@@ -1,5 +1,10 @@
 """`medk2n-run`: synthesise missing contrasts for case folders with a bundle.
 
+Inputs are case folders or dataset roots in any layout `medk2n-data check`
+reads (generic, BraTS 2023, ISLES 2022 BIDS, nnU-Net raw), each case written
+to OUT/<case>/; or, in single-study mode (`-i flair=a.nii.gz -i adc=b.nii.gz`,
+as SynthSR's `--i/--o`), named files of one study written straight into OUT/.
+
 Thin on purpose (nnU-Net style): parse, build a `Synthesizer`, call
 `run_cases`, print. stdout gets the backend line, one line per written case
 and the summary; stderr gets one `error: ...` line per failed case and
@@ -19,8 +24,9 @@ try:  # ONNX Runtime and nibabel take seconds to import: Ctrl-C then is one line
     import click
 
     from medk2n.cli_util import debug_option, run_cli
+    from medk2n.data.cases import Case, normalise_modality_name
     from medk2n.data.nifti import MAX_VOXELS
-    from medk2n.errors import RunFault
+    from medk2n.errors import DataError, RunFault
     from medk2n.runtime.backends import BACKENDS, PRECISIONS, ort_conflict_note
     from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
     from medk2n.runtime.synthesizer import Synthesizer
@@ -36,11 +42,14 @@ def _names(text: str) -> list[str]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("case_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--sources", required=True, help="Comma-separated source modalities, e.g. flair,adc (first = slot 0).")
+@click.argument("case_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-i", "--input", "inputs", multiple=True, metavar="MODALITY=FILE",
+              help="Single-study mode: one source file (repeat per source); outputs go straight into OUT/.")
+@click.option("--sources", default=None,
+              help="Comma-separated source modalities, e.g. flair,adc (first = slot 0) [default with -i: their order].")
 @click.option("--targets", required=True, help="Comma-separated modalities to synthesise, e.g. dwi,t2.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder; each case goes to OUT/<case>/.")
+              help="Output folder; each case goes to OUT/<case>/ (with -i: OUT/ itself, which must not exist).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto: TensorRT plan -> ORT TensorRT EP -> ORT CUDA -> ORT CPU, whichever runs here.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -59,13 +68,19 @@ def _names(text: str) -> list[str]:
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a JSON summary: backend, providers, per-case stage timings, failures.")
 @debug_option
-def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: str, out_dir: Path, backend: str,
-            precision: str | None, batch_size: int | None, threads: int | None, reference: str | None,
-            coverage: float, max_voxels: int, overwrite: bool, png: bool, json_path: Path | None, debug: bool) -> None:
-    """Synthesise TARGETS from SOURCES for each CASE_DIR with the bundle at BUNDLE."""
+def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], sources: str | None, targets: str,
+            out_dir: Path, backend: str, precision: str | None, batch_size: int | None, threads: int | None,
+            reference: str | None, coverage: float, max_voxels: int, overwrite: bool, png: bool,
+            json_path: Path | None, debug: bool) -> None:
+    """Synthesise TARGETS from SOURCES for each CASE_DIR (a case folder or a dataset root) with the bundle
+    at BUNDLE, or for the one study given with -i."""
 
     def body() -> int:
         start = time.perf_counter()
+        cases, publish_dir = _cases(case_dirs, inputs, out_dir)
+        source_names = _names(sources) if sources else [m for m in cases[0].files] if inputs else []
+        if not source_names:
+            raise DataError("--sources is required with case folders (e.g. --sources flair,adc)")
         with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
                          batch_size=batch_size, coverage=coverage, max_voxels=max_voxels) as synth:
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
@@ -78,12 +93,12 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: st
                 click.echo(f"note: {synth.uncertainty_note}", err=True)
             else:
                 click.echo(f"uncertainty: <target>_uncertainty.nii.gz = half-width of a {coverage:.0%} interval")
-                missing = synth.uncalibrated(_names(sources), _names(targets))
+                missing = synth.uncalibrated(source_names, _names(targets))
                 if missing:
                     click.echo(f"note: no conformal calibration for {', '.join(missing)} in this bundle: "
                                "no uncertainty map for it", err=True)
             try:
-                reports = run_cases(synth, case_dirs, _names(sources), _names(targets), out_dir,
+                reports = run_cases(synth, cases, source_names, _names(targets), publish_dir,
                                     reference=reference, overwrite=overwrite, png=png, show_progress=True,
                                     raise_errors=debug, on_case=_echo_case)
             except RunFault as fault:
@@ -98,6 +113,32 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], sources: str, targets: st
         return 2 if failed else 0
 
     run_cli(body, debug)
+
+
+def _cases(case_dirs: tuple[Path, ...], inputs: tuple[str, ...], out_dir: Path) -> tuple[list, Path]:
+    """(inputs for run_cases, the folder cases are published into).
+
+    Single-study mode is one case named after OUT and published as OUT itself, so it gets the same
+    all-or-nothing write and the same refusal to replace an existing folder as OUT/<case> does."""
+    if inputs and case_dirs:
+        raise DataError("give case folders or -i MODALITY=FILE inputs, not both")
+    if not inputs:
+        if not case_dirs:
+            raise DataError("no input: give case folders / dataset roots, or -i MODALITY=FILE for one study")
+        return list(case_dirs), out_dir
+    files: dict[str, Path] = {}
+    for item in inputs:
+        modality, sep, file = item.partition("=")
+        modality = normalise_modality_name(modality)
+        if not sep or not modality or not file:
+            raise DataError(f"-i {item!r}: expected MODALITY=FILE, e.g. -i flair=/data/flair.nii.gz")
+        if modality in files:
+            raise DataError(f"-i {item!r}: modality '{modality}' given twice ({files[modality]} and {file})")
+        files[modality] = Path(file)
+    final = out_dir.resolve()
+    if final.parent == final:
+        raise DataError(f"{out_dir}: not usable as a single-study output folder")
+    return [Case(name=final.name, files=files, masks={})], final.parent
 
 
 def _echo_case(report: CaseReport) -> None:

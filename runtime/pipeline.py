@@ -1,4 +1,9 @@
-"""Case folders in, OUT/<case>/ folders out, with per-stage timings.
+"""Cases in, OUT/<case>/ folders out, with per-stage timings.
+
+Each input is a `Case` or a path that `resolve_cases` reads: a case folder
+of any supported layout (generic, BraTS, BIDS subject, nnU-Net images
+folder) or a dataset root, expanded to its cases under the names `medk2n-data
+check` gives them.
 
 Each case runs five stages: read, preprocess (both in `load_stage`), infer,
 postprocess and write (in `finish_stage`). With several cases a one-worker
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from medk2n.data.cases import load_case
+from medk2n.data.cases import Case, case_folder, load_case, resolve_cases
 from medk2n.data.nifti import write_volume
 from medk2n.data.preprocess import PreparedCase
 from medk2n.errors import DataError, MedK2NError, RunFault
@@ -73,18 +78,42 @@ def case_name(case_dir: Path) -> str:
     return case_dir.resolve().name
 
 
-def load_stage(synth: "Synthesizer", case_dir: Path, sources: Sequence[str], targets: Sequence[str],
+def expand_inputs(inputs: Sequence[Path | Case], sources: Sequence[str], targets: Sequence[str]
+                  ) -> list[Case | CaseReport]:
+    """Every case the inputs name, in order; an input that names none becomes a failed report."""
+    out: list[Case | CaseReport] = []
+    for item in inputs:
+        if isinstance(item, Case):
+            out.append(item)
+            continue
+        try:
+            out.extend(resolve_cases(Path(item), [*sources, *targets]))
+        except MedK2NError as exc:
+            out.append(_failed(Path(item), None, str(exc)))
+    return out
+
+
+def load_stage(synth: "Synthesizer", case: Case | Path, sources: Sequence[str], targets: Sequence[str],
                out_dir: Path, reference: str | None, overwrite: bool) -> LoadedCase:
-    name = case_name(case_dir)
-    report = CaseReport(name=name, case_dir=str(case_dir))
-    check_no_clobber([out_dir / name], [case_dir, synth.bundle.path])
-    check_output_free(out_dir / name, overwrite)  # before any work, not after it
-    request = synth.request(sources, targets, name)
+    if not isinstance(case, Case):
+        found = resolve_cases(Path(case), [*sources, *targets])
+        if len(found) != 1:
+            raise DataError(f"{case}: holds {len(found)} cases; give one case folder")
+        case = found[0]
+    report = CaseReport(name=case.name, case_dir=str(case_folder(case)))
+    check_no_clobber([out_dir / case.name], [*_input_folders(case), synth.bundle.path])
+    check_output_free(out_dir / case.name, overwrite)  # before any work, not after it
+    request = synth.request(sources, targets, case.name)
     with report.stage("read"):
-        volumes = load_case(case_dir, request.sources, synth.max_voxels)
+        volumes = load_case(case, request.sources, synth.max_voxels)
     with report.stage("preprocess"):
-        prepared = synth.prepare(volumes, request, reference, name)
+        prepared = synth.prepare(volumes, request, reference, case.name)
     return LoadedCase(report, request, prepared)
+
+
+def _input_folders(case: Case) -> list[Path]:
+    """Folders holding the case's files: no output may replace one (or a folder above one)."""
+    return sorted({p.parent for p in [*case.files.values(), *case.masks.values()]})
 
 
 def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwrite: bool, png: bool,
@@ -139,36 +168,46 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
     )
 
 
-def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence[str], targets: Sequence[str],
+def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequence[str], targets: Sequence[str],
               out_dir: Path, reference: str | None = None, overwrite: bool = False, png: bool = False,
               show_progress: bool = False, raise_errors: bool = False,
               on_case: Callable[[CaseReport], None] | None = None) -> list[CaseReport]:
-    """Process every case; failures are reported (or raised with `raise_errors`), the rest still written."""
-    case_dirs = [Path(c) for c in case_dirs]
-    names = [case_name(c) for c in case_dirs]
+    """Process every case the inputs name; failures are reported (or raised with `raise_errors`), the rest
+    still written."""
+    items = expand_inputs(inputs, sources, targets)
+    if raise_errors:
+        for item in items:
+            if isinstance(item, CaseReport):
+                raise DataError(item.error)
+    cases = [item for item in items if isinstance(item, Case)]
+    names = [c.name for c in cases]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
         raise DataError(f"several cases are named {clash[0]!r}: their outputs would collide in {out_dir}")
     # No case's output may replace another case's input either.
-    check_no_clobber([out_dir / n for n in names], case_dirs)
+    check_no_clobber([out_dir / n for n in names], [f for c in cases for f in _input_folders(c)])
     check_output_writable(out_dir)
 
-    def load(case_dir: Path) -> LoadedCase | CaseReport:
-        return _guard(lambda: load_stage(synth, case_dir, sources, targets, out_dir, reference, overwrite),
-                      case_dir, raise_errors)
+    def load(item: Case | CaseReport) -> LoadedCase | CaseReport:
+        if isinstance(item, CaseReport):
+            return item
+        return _guard(lambda: load_stage(synth, item, sources, targets, out_dir, reference, overwrite),
+                      item, raise_errors)
 
     reports: list[CaseReport] = []
+    if not items:
+        return reports
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medk2n-prefetch") as pool:
-        pending = pool.submit(load, case_dirs[0])
+        pending = pool.submit(load, items[0])
         try:
-            for i, case_dir in enumerate(case_dirs):
+            for i, item in enumerate(items):
                 loaded = pending.result()
-                if i + 1 < len(case_dirs):
-                    pending = pool.submit(load, case_dirs[i + 1])  # read the next case while this one runs
+                if i + 1 < len(items):
+                    pending = pool.submit(load, items[i + 1])  # read the next case while this one runs
                 report = loaded
                 if isinstance(loaded, LoadedCase):
                     report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress),
-                                    case_dir, raise_errors, loaded.report)
+                                    item, raise_errors, loaded.report)
                 reports.append(report)
                 if on_case is not None:
                     on_case(report)
@@ -184,42 +223,47 @@ def run_cases(synth: "Synthesizer", case_dirs: Sequence[Path], sources: Sequence
     return reports
 
 
-def _guard(step: Callable[[], Any], case_dir: Path, raise_errors: bool, report: CaseReport | None = None) -> Any:
+def _guard(step: Callable[[], Any], case: Case | Path, raise_errors: bool, report: CaseReport | None = None) -> Any:
     """Run one stage; a fault of this case becomes a failed report unless the caller wants it raised.
 
     Bad input (MedK2NError) reports its own one-line message; any other failure of the case (out
     of memory, a backend error, an unreadable file) reports its type and message. An OS error no
     case can escape (RUN_FAULT_ERRNOS: disk full, read-only or forbidden output) is a RunFault.
     """
+    name = case.name if isinstance(case, Case) else case_name(case)
+    where = case_folder(case) if isinstance(case, Case) else case
     try:
         return step()
     except RunFault:
         raise
     except OSError as exc:
         if exc.errno in RUN_FAULT_ERRNOS and not isinstance(exc, FileNotFoundError):
-            raise RunFault(f"{exc.filename or case_dir}: {exc.strerror or exc}; stopping the run") from exc
+            raise RunFault(f"{exc.filename or where}: {exc.strerror or exc}; stopping the run") from exc
         if raise_errors:
             raise
-        return _failed(case_dir, report, f"{case_name(case_dir)}: {exc.filename or case_dir}: "
-                                         f"{exc.strerror or type(exc).__name__}")
+        return _failed(case, report, f"{name}: {exc.filename or where}: {exc.strerror or type(exc).__name__}")
     except MedK2NError as exc:
         if raise_errors:
             raise
-        return _failed(case_dir, report, str(exc))
+        return _failed(case, report, str(exc))
     except MemoryError:
         if raise_errors:
             raise
-        return _failed(case_dir, report, f"{case_name(case_dir)}: out of memory (lower --batch-size, "
-                                         "or --max-voxels to refuse such volumes up front)")
+        return _failed(case, report, f"{name}: out of memory (lower --batch-size, "
+                                     "or --max-voxels to refuse such volumes up front)")
     except Exception as exc:  # noqa: BLE001 - a fault of one case must not cost the others theirs
         if raise_errors:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return _failed(case_dir, report, f"{case_name(case_dir)}: {type(exc).__name__}: {first}")
+        return _failed(case, report, f"{name}: {type(exc).__name__}: {first}")
 
 
-def _failed(case_dir: Path, report: CaseReport | None, message: str) -> CaseReport:
-    report = report or CaseReport(name=case_name(case_dir), case_dir=str(case_dir))
+def _failed(case: Case | Path, report: CaseReport | None, message: str) -> CaseReport:
+    if report is None:
+        if isinstance(case, Case):
+            report = CaseReport(name=case.name, case_dir=str(case_folder(case)))
+        else:
+            report = CaseReport(name=case_name(case) if case.exists() else case.name, case_dir=str(case))
     report.ok, report.error, report.outputs = False, message, []
     return report
 

@@ -7,7 +7,15 @@ Three layouts land on the same `Case` (DESIGN.md, "Data contract"):
 - ISLES 2022 (BIDS): `sub-*/ses-*/dwi/*_dwi.nii.gz`, `*_adc.nii.gz`,
   `anat/*_FLAIR.nii.gz`, lesion masks under `derivatives/` when present;
 - BraTS 2023: `BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t1n,t1c,t2w,t2f,seg}.nii.gz`
-  (the older `_{t1,t1ce,t2,flair,seg}` naming works through the same rule).
+  (the older `_{t1,t1ce,t2,flair,seg}` naming works through the same rule);
+- nnU-Net raw: `DatasetXXX/dataset.json` naming the channels (`channel_names`,
+  or v1's `modality`) and `imagesTr|imagesTs/<case>_<XXXX>.nii.gz`, one file
+  per channel; `labelsTr/<case>.nii.gz` is the case's lesion mask.
+
+`discover_dataset` reads a dataset root; `resolve_cases` reads whatever one
+command-line argument names (a case folder of any layout, a BIDS subject, an
+nnU-Net images folder or a dataset root), so `medk2n-run` and `medk2n-data
+check` see the same cases under the same names.
 
 Discovery never reads voxels; it records unknown files and name clashes on the
 `Case` so `medk2n-data check` can report every case instead of stopping at the
@@ -17,6 +25,8 @@ first, while `find_case_files` / `load_case` raise on what they are asked for.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +218,79 @@ def _bids_root(root: Path) -> Path:
 
 _SKIPPED_FOLDERS = {"derivatives", "code", "sourcedata", "rawdata"}
 
+# nnU-Net raw: `<case>_<XXXX><file_ending>`, XXXX the zero-padded channel index of dataset.json.
+_NNUNET_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_NNUNET_IMAGES = ("imagesTr", "imagesTs")
+NNUNET_JSON = "dataset.json"
+
+
+def _nnunet_channels(dataset_json: Path) -> dict[int, str]:
+    """Channel index -> channel name from an nnU-Net dataset.json (v2 `channel_names`, v1 `modality`)."""
+    try:
+        meta = json.loads(dataset_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{dataset_json}: not a readable nnU-Net dataset.json ({exc})") from None
+    names = meta.get("channel_names", meta.get("modality")) if isinstance(meta, dict) else None
+    if not isinstance(names, dict) or not names:
+        raise DataError(f"{dataset_json}: no 'channel_names' (or 'modality') mapping of channel index to name")
+    channels = {}
+    for index, name in names.items():
+        if not str(index).isdigit() or not isinstance(name, str) or not name.strip():
+            raise DataError(f"{dataset_json}: channel {index!r}: {name!r} is not an index -> name entry")
+        channels[int(index)] = name
+    return channels
+
+
+def _scan_nnunet_images(images: Path, channels: dict[int, str], labels: Path | None,
+                        vocabulary: set[str]) -> list[Case]:
+    """The cases of one nnU-Net images folder; a file of no declared channel is recorded as unknown."""
+    builders: dict[str, _CaseBuilder] = {}
+    for stem, path in _nifti_files(images):
+        match = _NNUNET_FILE.match(stem)
+        case = match.group("case") if match else stem
+        builder = builders.setdefault(case, _CaseBuilder(case, vocabulary))
+        channel = int(match.group("channel")) if match else None
+        if channel is None or channel not in channels:
+            builder.case.unknown.append(path)
+        else:
+            builder.add(channels[channel], path)
+    for case, builder in builders.items():
+        label = labels / f"{case}.nii.gz" if labels is not None else None
+        if label is not None and label.is_file():
+            builder.case.masks["lesion"] = label
+    return [b.case for b in builders.values()]
+
+
+def _nnunet_json(folder: Path) -> Path | None:
+    """The dataset.json governing `folder`: its own (a dataset root) or its parent's (an images folder)."""
+    for candidate in (folder / NNUNET_JSON, folder.parent / NNUNET_JSON):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def scan_nnunet(folder: Path, modalities: Sequence[str] | None = None) -> list[Case] | None:
+    """Cases of an nnU-Net raw dataset root (imagesTr and imagesTs) or of one of its images folders;
+    None when `folder` is neither."""
+    dataset_json = _nnunet_json(folder)
+    if dataset_json is None:
+        return None
+    root = dataset_json.parent
+    if folder == root:
+        folders = [root / name for name in _NNUNET_IMAGES if (root / name).is_dir()]
+        if not folders:
+            return None
+    elif any(_NNUNET_FILE.match(stem) for stem, _ in _nifti_files(folder)):
+        folders = [folder]
+    else:
+        return None
+    channels, vocabulary = _nnunet_channels(dataset_json), _vocabulary(modalities)
+    labels = root / "labelsTr"
+    cases = []
+    for images in folders:
+        cases.extend(_scan_nnunet_images(images, channels, labels if images.name == "imagesTr" else None, vocabulary))
+    return cases
+
 
 def discover_dataset(root: Path, modalities: Sequence[str] | None = None) -> list[Case]:
     """Every case under `root`, whichever supported layout each folder follows, sorted by name."""
@@ -215,6 +298,9 @@ def discover_dataset(root: Path, modalities: Sequence[str] | None = None) -> lis
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     vocabulary = _vocabulary(modalities)
+    nnunet = scan_nnunet(root, modalities)
+    if nnunet is not None:
+        return _named_once(root, nnunet)
     cases: list[Case] = []
     bids = _bids_root(root)
     derivatives = root / "derivatives"
@@ -228,12 +314,60 @@ def discover_dataset(root: Path, modalities: Sequence[str] | None = None) -> lis
             case = scan_generic_case(folder, modalities)
         if case.files or case.unknown or case.duplicates:
             cases.append(case)
+    return _named_once(root, cases)
+
+
+def _named_once(root: Path, cases: list[Case]) -> list[Case]:
+    """Cases sorted by name; DataError when there are none, or two share a name (their outputs would collide)."""
     if not cases:
         raise DataError(
             f"{root}: no cases found (expected <case>/<modality>.nii.gz folders, "
-            "ISLES 2022 sub-*/ses-*/{anat,dwi}, or BraTS-*/BraTS-*-{t1n,t1c,t2w,t2f}.nii.gz)"
+            "ISLES 2022 sub-*/ses-*/{anat,dwi}, BraTS-*/BraTS-*-{t1n,t1c,t2w,t2f}.nii.gz, "
+            "or an nnU-Net dataset.json with imagesTr/imagesTs)"
         )
+    names = [c.name for c in cases]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(f"{root}: several cases are named {clash[0]!r}")
     return sorted(cases, key=lambda c: c.name)
+
+
+def resolve_cases(path: Path, modalities: Sequence[str] | None = None) -> list[Case]:
+    """The cases one command-line argument names, whatever layout it follows.
+
+    A BIDS subject folder gives its sessions; a BraTS case folder, or a folder
+    holding `<modality>.nii.gz` files, one case; an nnU-Net images folder its
+    cases; anything else is read as a dataset root (`discover_dataset`). The
+    path is resolved first so `.` is named after the folder it is.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: {'not a folder' if path.exists() else 'folder not found'} "
+                        "(expected a case folder or a dataset root)")
+    path = path.resolve()
+    vocabulary = _vocabulary(modalities)
+    if _is_bids_subject(path):
+        top = path.parent.parent if path.parent.name == "rawdata" else path.parent
+        derivatives = top / "derivatives"
+        cases = _scan_bids_subject(path, derivatives if derivatives.is_dir() else None, vocabulary)
+        return _named_once(path, cases)
+    brats = _scan_brats_case(path, vocabulary)
+    if brats is not None:
+        return [brats]
+    nnunet = scan_nnunet(path, modalities)
+    if nnunet is not None:
+        return _named_once(path, nnunet)
+    if _nifti_files(path):
+        return [scan_generic_case(path, modalities)]
+    return discover_dataset(path, modalities)
+
+
+def case_folder(case: Case) -> Path:
+    """The folder that holds a case's files (the deepest one common to all of them)."""
+    files = [*case.files.values(), *case.masks.values(), *case.unknown]
+    if not files:
+        return Path(case.name)
+    return Path(os.path.commonpath([str(p.parent) for p in files]))
 
 
 def load_case(case: Case | Path, modalities: Sequence[str],

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from medk2n.data.cases import Case, discover_dataset, normalise_modality_name
+from medk2n.data.cases import Case, normalise_modality_name, resolve_cases
 from medk2n.data.geometry import geometry_mismatch, orientation_codes
 from medk2n.data.nifti import VolumeInfo, read_volume
 from medk2n.errors import DataError
@@ -86,9 +86,10 @@ def _check_grids(report: CaseReport, infos: dict[str, VolumeInfo], reference: st
 
 
 def check_dataset(root: Path, require: Sequence[str] = (), reference: str | None = None) -> list[CaseReport]:
-    """A report per case found under `root` (any supported layout)."""
+    """A report per case `root` names: a dataset root or one case/subject folder, any supported layout
+    (the same reading `medk2n-run` makes of its inputs)."""
     vocabulary = [*require, *([reference] if reference else [])]
-    return [check_case(case, require, reference) for case in discover_dataset(Path(root), vocabulary)]
+    return [check_case(case, require, reference) for case in resolve_cases(Path(root), vocabulary)]
 
 
 _COLUMNS = ("case", "modalities", "shape", "spacing (mm)", "orient", "problems")

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from medk2n.data.cases import (
     find_case_files,
     load_case,
     normalise_modality_name,
+    resolve_cases,
 )
 from medk2n.errors import DataError
 
@@ -79,6 +81,65 @@ def test_brats_2023_layout(tmp_path, write_case):
     assert sorted(cases[0].files) == ["flair", "t1", "t1c", "t2"]
     assert cases[0].files["t2"].name == "BraTS-GLI-00000-000-t2w.nii.gz"
     assert cases[0].masks["lesion"].name.endswith("-seg.nii.gz")
+
+
+def write_nnunet(root: Path, write_case, channels: dict | None = None, key: str = "channel_names") -> Path:
+    """Dataset001_Brain/: dataset.json, imagesTr (2 cases + labels), imagesTs (1 case)."""
+    channels = channels or {"0": "T2", "1": "FLAIR"}
+    root.mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({key: channels, "labels": {"background": 0, "lesion": 1},
+                                                   "numTraining": 2, "file_ending": ".nii.gz"}))
+    for folder, cases in (("imagesTr", ("brain_001", "brain_002")), ("imagesTs", ("brain_101",))):
+        write_case(root / folder, {f"{case}_{int(i):04d}": None for case in cases for i in channels})
+    save_nifti(root / "labelsTr" / "brain_001.nii.gz", np.zeros(SHAPE))
+    return root
+
+
+@pytest.mark.parametrize("key", ["channel_names", "modality"])  # nnU-Net v2 / v1 dataset.json
+def test_nnunet_raw_layout(tmp_path, write_case, key):
+    root = write_nnunet(tmp_path / "Dataset001_Brain", write_case, key=key)
+    cases = discover_dataset(root)
+    assert [c.name for c in cases] == ["brain_001", "brain_002", "brain_101"]
+    assert {m: p.name for m, p in cases[0].files.items()} == {"t2": "brain_001_0000.nii.gz",
+                                                               "flair": "brain_001_0001.nii.gz"}
+    assert cases[0].masks["lesion"].name == "brain_001.nii.gz" and cases[2].masks == {}
+    # an images folder alone (what nnUNetv2_predict -i takes) reads its own cases, channels from the parent
+    assert [c.name for c in resolve_cases(root / "imagesTs")] == ["brain_101"]
+
+
+def test_nnunet_files_of_undeclared_channels_are_unknown_and_bad_json_is_one_error(tmp_path, write_case):
+    root = write_nnunet(tmp_path / "Dataset002_X", write_case)
+    write_case(root / "imagesTs", {"brain_101_0007": None})
+    [case] = resolve_cases(root / "imagesTs")
+    assert sorted(case.files) == ["flair", "t2"] and [p.name for p in case.unknown] == ["brain_101_0007.nii.gz"]
+    (root / "dataset.json").write_text('{"labels": {}}')
+    with pytest.raises(DataError, match="dataset.json: no 'channel_names'"):
+        discover_dataset(root)
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(DataError, match="dataset.json: not a readable nnU-Net dataset.json"):
+        discover_dataset(root)
+
+
+def test_resolve_cases_reads_any_level_under_the_names_discovery_gives(tmp_path, write_case):
+    for name in ("BraTS-GLI-00000-000", "BraTS-GLI-00002-000"):
+        write_case(tmp_path / "brats" / name, {f"{name}-{token}": None for token in ("t2w", "t2f")})
+    sub = tmp_path / "isles" / "rawdata" / "sub-strokecase0001"
+    for ses in ("ses-0001", "ses-0002"):
+        save_nifti(sub / ses / "anat" / f"{sub.name}_{ses}_FLAIR.nii.gz", head())
+        save_nifti(sub / ses / "dwi" / f"{sub.name}_{ses}_adc.nii.gz", head())
+    save_nifti(tmp_path / "isles" / "derivatives" / sub.name / "ses-0001" / f"{sub.name}_ses-0001_msk.nii.gz",
+               np.zeros(SHAPE))
+    generic = write_case(tmp_path / "plain" / "case001", {"t2": None, "flair": None})
+    assert [c.name for c in resolve_cases(tmp_path / "brats")] == [c.name for c in discover_dataset(tmp_path / "brats")]
+    assert [c.name for c in resolve_cases(tmp_path / "brats" / "BraTS-GLI-00002-000")] == ["BraTS-GLI-00002-000"]
+    by_subject = resolve_cases(sub)
+    assert [c.name for c in by_subject] == [c.name for c in discover_dataset(tmp_path / "isles")] == [
+        "sub-strokecase0001_ses-0001", "sub-strokecase0001_ses-0002"]
+    assert "lesion" in by_subject[0].masks  # derivatives found above rawdata/
+    assert [c.name for c in resolve_cases(generic)] == ["case001"]
+    assert [c.name for c in resolve_cases(tmp_path / "plain")] == ["case001"]
+    with pytest.raises(DataError, match="nowhere: folder not found"):
+        resolve_cases(tmp_path / "nowhere")
 
 
 def test_generic_cases_named_like_bids_subjects_stay_generic(tmp_path, write_case):

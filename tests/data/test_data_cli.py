@@ -71,7 +71,7 @@ def test_reference_makes_mismatched_grids_usable(tmp_path, write_case):
 def test_missing_dataset_is_one_line_error_without_traceback(tmp_path):
     result = run("check", str(tmp_path / "nowhere"))
     assert result.exit_code == 2
-    assert result.output.strip() == f"error: {tmp_path / 'nowhere'}: dataset folder not found"
+    assert result.output.strip() == f"error: {tmp_path / 'nowhere'}: folder not found (expected a case folder or a dataset root)"
     assert "Traceback" not in result.output
 
 
