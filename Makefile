@@ -10,6 +10,8 @@ BASE_VENV := .venv-base
 # a GPU server, e.g. `make TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
 SAM2_SPEC ?= sam2==1.1.0
+# ONNX Runtime build: cpu (onnxruntime) or gpu (onnxruntime-gpu); one, never both (setup.cfg says why).
+ORT_EXTRA ?= cpu
 DEMO ?= demo
 PYTEST_ARGS ?=
 # pytest-xdist workers: the suite is mostly independent training/export round trips.
@@ -28,13 +30,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# second (CUDA) torch just to compile an optional extension we skip.
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation $(SAM2_SPEC)
 	@echo "[install] $(VENV): medk2n (editable) with the train, export and dev extras"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[train,export,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[train,export,$(ORT_EXTRA),dev]"
 	touch $@
 
 $(BASE_VENV)/.installed: setup.cfg pyproject.toml
-	@echo "[install] $(BASE_VENV): medk2n's runtime alone (numpy, nibabel, onnxruntime; no torch)"
+	@echo "[install] $(BASE_VENV): medk2n's runtime alone, .[cpu] (numpy, nibabel, onnxruntime; no torch)"
 	$(PYTHON) -m venv $(BASE_VENV)
-	$(BASE_VENV)/bin/pip install --quiet --disable-pip-version-check .
+	$(BASE_VENV)/bin/pip install --quiet --disable-pip-version-check ".[$(ORT_EXTRA)]"
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check -> export the shipped demo

@@ -18,7 +18,7 @@ from medk2n.errors import MedK2NError
 EXTRAS = {
     "torch": "train", "sam2": "train", "safetensors": "train", "yaml": "train", "tensorboard": "train",
     "sentence_transformers": "train", "onnx": "export", "onnxscript": "export", "polygraphy": "export",
-    "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt",
+    "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt", "onnxruntime": "cpu",
 }
 
 
@@ -28,6 +28,9 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
     extra = EXTRAS.get(top)
     if extra is None:
         return None
+    if top == "onnxruntime":
+        return ("this command needs ONNX Runtime: pip install 'medk2n[cpu]', or 'medk2n[gpu]' on an NVIDIA "
+                "machine (one of the two, never both)")
     return f"this command needs the [{extra}] extra: pip install 'medk2n[{extra}]' (no module named {top!r})"
 
 
@@ -52,7 +55,7 @@ def run_cli(body: Callable[[], int | None], debug: bool) -> None:
         raise
     except ModuleNotFoundError as exc:
         if not debug:
-            _exit_if_missing_extra(exc)
+            exit_if_missing_extra(exc)
         raise
     except Exception as exc:  # noqa: BLE001 - the CLI edge: one line unless --debug
         if debug:
@@ -67,12 +70,12 @@ def summary_main(argv: list[str] | None = None) -> None:
     try:
         from medk2n.models.summary import main
     except ModuleNotFoundError as exc:
-        _exit_if_missing_extra(exc)
+        exit_if_missing_extra(exc)
         raise
     main(argv)
 
 
-def _exit_if_missing_extra(exc: ModuleNotFoundError) -> None:
+def exit_if_missing_extra(exc: ModuleNotFoundError) -> None:
     """One line and exit 2 when an extra would have installed the module; return otherwise (a real bug)."""
     message = missing_extra(exc)
     if message is not None:

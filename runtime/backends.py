@@ -55,9 +55,10 @@ def installed_ort_builds() -> list[str]:
 def ort_conflict_note() -> str | None:
     """One line when several ONNX Runtime builds are installed at once, else None.
 
-    They share one folder, so whichever was installed last overwrote parts of the other: `pip
-    install medk2n[gpu]` next to the base install's CPU `onnxruntime` gives a runtime without CUDA
-    that `pip check` does not flag. Say so, and how to keep one build."""
+    They share one folder, so whichever was installed last overwrote parts of the other: the
+    GPU build next to a CPU `onnxruntime` (medk2n's [cpu] and [gpu] extras both, or another
+    package's requirement) gives a runtime without CUDA that `pip check` does not flag. Say so,
+    and how to keep one build."""
     builds = installed_ort_builds()
     if len(builds) < 2:
         return None

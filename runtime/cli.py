@@ -34,6 +34,11 @@ try:  # ONNX Runtime and nibabel take seconds to import: Ctrl-C then is one line
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     raise SystemExit(130) from None
+except ModuleNotFoundError as _missing:  # a base install without [cpu]/[gpu]: one line naming them, exit 2
+    from medk2n.cli_util import exit_if_missing_extra
+
+    exit_if_missing_extra(_missing)
+    raise
 
 
 def _names(text: str) -> list[str]:
