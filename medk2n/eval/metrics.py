@@ -4,8 +4,12 @@ PSNR, SSIM and MAE at data range 1 on images already normalised to [0, 1]
 (per-volume 0.5-99.5 percentile scaling), on the whole image and inside a
 brain mask. SSIM is the Wang et al. 2004 definition with an 11-tap Gaussian
 window (sigma 1.5, K1 0.01, K2 0.03) computed per 2-D slice, as in
-scikit-image's `structural_similarity(gaussian_weights=True)`; the masked
-variant averages the SSIM map inside the mask.
+scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False)`, the setting its docs give for matching Wang et
+al. Over the whole image it leaves out the map's border (half a window, 5
+pixels), as that reference does: there the window reaches past the image, and
+averaging it in read 0.741 where the reference reads 0.694 on the same images.
+The masked variant averages the SSIM map inside the mask.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ def mae(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None) -> 
 
 
 def ssim(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
-    """Mean SSIM over the last two axes (each 2-D slice), optionally inside `mask`."""
+    """Mean SSIM over the last two axes (each 2-D slice), optionally inside `mask`.
+
+    Without a mask the border half-window of each slice is cropped (slices too small to crop,
+    which the reference refuses, are averaged whole)."""
     smap = ssim_map(pred, truth, data_range)
+    if mask is None:
+        half = _TAPS // 2
+        if min(smap.shape[-2:]) > 2 * half:
+            smap = smap[..., half:-half, half:-half]
     return float(np.mean(_select(smap, mask)))
 
 

@@ -27,6 +27,11 @@ def test_ssim_matches_scikit_image_reference():
     x = rng.random((40, 50))
     y = np.clip(x + 0.2 * rng.standard_normal((40, 50)), 0, 1)
     assert ssim_map(x, y)[5:-5, 5:-5].mean() == pytest.approx(0.8213511430691874, abs=1e-12)
+    assert ssim(x, y) == pytest.approx(0.8213511430691874, abs=1e-12)  # the whole-image score crops alike
+    assert ssim(np.stack([x, x]), np.stack([y, y])) == pytest.approx(0.8213511430691874, abs=1e-12)  # per slice
+    # In an image framed by air, as a head is, the border the reference leaves out is a perfect 1.
+    framed_x, framed_y = np.pad(x, 8), np.pad(y, 8)
+    assert ssim_map(framed_x, framed_y).mean() > ssim(framed_x, framed_y) + 0.02
 
 
 def test_perfect_prediction_gives_ssim_one_and_zero_error():
