@@ -106,9 +106,10 @@ def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: s
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@click.option("--tag", default=None, help="Name the files robustness-<tag>.* (e.g. another corrupted source).")
 @debug_option
 def robustness(data: Path, task: str, source: str | None, methods: str, budget_minutes: float, preset: str,
-               seed: int, device: str, out: Path, debug: bool) -> None:
+               seed: int, device: str, out: Path, tag: str | None, debug: bool) -> None:
     """Train each method alike, then score it with one source degraded (noise, ghosting, wrong contrast)."""
 
     def body() -> int:
@@ -116,7 +117,30 @@ def robustness(data: Path, task: str, source: str | None, methods: str, budget_m
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
-                                 progress=_progress)
+                                 progress=_progress, tag=tag)
+        click.echo(markdown(results))
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder (e.g. a 1.5 mm phantom).")
+@click.option("--sources", default="flair,adc", show_default=True, help="Comma-separated source modalities.")
+@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True, help="Model slice size.")
+@click.option("--cases", type=click.IntRange(min=1), default=4, show_default=True, help="How many cases to time.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Calls per timing (median).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def preprocess(data: Path, sources: str, size: int, cases: int, repeats: int, out: Path, debug: bool) -> None:
+    """Time the runtime's preprocessing with the scipy and the numpy brain mask (and check they agree)."""
+
+    def body() -> int:
+        from medk2n.benchmarks.preprocess import markdown, run_preprocess, write_outputs
+
+        names = [m.strip() for m in sources.split(",") if m.strip()]
+        results = run_preprocess(data, names, size, cases, repeats, progress=_progress)
+        write_outputs(results, out)
         click.echo(markdown(results))
         return 0
 

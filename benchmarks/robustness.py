@@ -31,6 +31,7 @@ import numpy as np
 from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config, parse_task, split_dataset,
                                        train_within_budget)
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
+from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
 from medk2n.data.artifacts import motion_ghosts, rician_noise
 from medk2n.data.cases import discover_dataset
@@ -88,7 +89,9 @@ def drops(clean: Sequence[dict], degraded: Sequence[dict], targets: Sequence[str
 def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source: str | None = None,
                    methods: Sequence[str] = DEFAULT_METHODS, budget_minutes: float = 5.0, preset: str = "tiny",
                    seed: int = 0, test_fraction: float = 0.3, device: str = "cpu",
-                   progress: Callable[[str], None] = lambda _: None) -> dict:
+                   progress: Callable[[str], None] = lambda _: None, tag: str | None = None) -> dict:
+    """Train each method, score it clean and with `source` degraded; write robustness[-tag].{json,md} to `out`."""
+    stem = result_stem(tag, "robustness")  # a bad tag fails before minutes of training
     task = parse_task(task_text)
     source = source or task.sources[-1]
     if source not in task.sources or len(task.sources) < 2:
@@ -117,7 +120,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source:
                              "budget_minutes": budget_minutes, "preset": preset, "seed": seed,
                              "noise_fraction": NOISE_FRACTION, "ghost_every": GHOST_EVERY},
                    split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
-    write_outputs(results, Path(out))
+    write_outputs(results, Path(out), stem)
     return results
 
 

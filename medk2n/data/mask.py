@@ -2,7 +2,7 @@
 
 The mask picks training slices with tissue, restricts metrics, and lets the
 runtime blank the background; it runs K+1 times per case at inference, so it
-must be cheap. With scipy installed (the [data] and [train] extras) the
+must be cheap. With scipy installed (the [cpu], [gpu], [data], [train] extras) the
 components and holes come from `scipy.ndimage` (C loops, 1.2-8x faster on the
 phantom and far faster on pathological shapes); the base install has no scipy
 and uses the numpy code below, which gives the same mask voxel for voxel (a
