@@ -75,21 +75,25 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
 @click.option("--budget-minutes", type=float, default=30.0, show_default=True, help="Training budget per model.")
-@click.option("--preset", default="tiny", show_default=True, help="Model preset to train and compare.")
+@click.option("--preset", default="tiny", show_default=True,
+              help="Model preset to train and compare, or a YAML recipe over one (e.g. configs/demo.yaml).")
+@click.option("--methods", default=None, help="Comma-separated subset of B0..B5,unet [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where every method trains and is evaluated (exports are scored with ONNX Runtime).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--tag", default=None, help="Name the files quality-<tag>.* (e.g. a GPU run beside the CPU one).")
 @debug_option
-def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: str, out: Path, tag: str | None,
-            debug: bool) -> None:
+def quality(data: Path, budget_minutes: float, preset: str, methods: str | None, seed: int, device: str, out: Path,
+            tag: str | None, debug: bool) -> None:
     """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
 
     def body() -> int:
-        from medk2n.benchmarks.quality import run_quality
+        from medk2n.benchmarks.quality import METHODS, run_quality
 
-        run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag)
+        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(METHODS)
+        run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag,
+                    methods=chosen)
         click.echo(f"wrote quality results to {out}")
         return 0
 
@@ -102,7 +106,7 @@ def quality(data: Path, budget_minutes: float, preset: str, seed: int, device: s
 @click.option("--corrupt", "source", default=None, help="Source degraded at test time [default: the task's last].")
 @click.option("--methods", default="B0,B5,unet", show_default=True, help="Comma-separated methods to compare.")
 @click.option("--budget-minutes", type=float, default=5.0, show_default=True, help="Training budget per method.")
-@click.option("--preset", default="tiny", show_default=True)
+@click.option("--preset", default="tiny", show_default=True, help="Preset, or a YAML recipe over one.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)

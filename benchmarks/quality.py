@@ -28,7 +28,7 @@ import numpy as np
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.quality_report import assemble, jsonable, write_outputs
 from medk2n.config import ABLATIONS, ExperimentConfig
-from medk2n.config import preset as load_preset
+from medk2n.config import load_config
 from medk2n.data.cases import Case, discover_dataset
 from medk2n.errors import ConfigError, DataError, MedK2NError
 
@@ -164,8 +164,9 @@ def _check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def method_config(preset_name: str, method: str, seed: int, overrides: dict | None = None) -> ExperimentConfig:
-    """The preset with the method's switches: an ablation step of Med-K2N, or the U-Net baseline."""
-    cfg = load_preset(preset_name)
+    """The preset (or YAML recipe over one, e.g. configs/demo.yaml) with the method's switches: an
+    ablation step of Med-K2N, or the U-Net baseline."""
+    cfg = load_config(preset_name)
     for section, values in (overrides or {}).items():
         part = getattr(cfg, section, None)
         if part is None or section == "name":

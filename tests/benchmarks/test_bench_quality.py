@@ -91,6 +91,10 @@ def test_task_parsing_and_method_configs():
     b2 = method_config("tiny", "B2", seed=7, overrides={"model": {"image_size": 32}})
     assert (b2.model.arch, b2.model.ablation, b2.model.image_size, b2.train.seed) == ("medk2n", "B2", 32, 7)
     assert method_config("tiny", "unet", seed=0).model.arch == "unet"
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # a YAML recipe over a preset
+    demo = method_config(str(recipe), "unet", seed=0)
+    assert (demo.model.arch, demo.loss.gradient, list(demo.train.standardize_outputs)) == ("unet", 3.0,
+                                                                                          ["t1", "t2", "pd"])
     with pytest.raises(ConfigError, match="image_sise"):
         method_config("tiny", "B5", seed=0, overrides={"model": {"image_sise": 32}})
 
