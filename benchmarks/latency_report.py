@@ -70,8 +70,28 @@ def latency_markdown(results: dict) -> str:
         "",
         *_e2e_lines(results["e2e"]),
         "",
+        *_request_lines(results),
     ]
     return "\n".join(lines)
+
+
+def _request_lines(results: dict) -> list[str]:
+    """All targets vs one target through the same bundle: what a one-contrast request costs."""
+    one = results.get("e2e_one_target")
+    if not one:
+        return []
+    sources, targets = results["inputs"]["sources"], results["inputs"]["targets"]
+    full_infer = results["e2e"]["timings_s"].get("infer", 0.0)
+    how = ("the graph computes only the targets asked for" if results.get("dynamic_targets")
+           else "a fixed-N graph: every request computes N targets")
+    lines = ["## One target vs all targets (one volume)", "",
+             f"Same bundle, same volume; {how}.", "",
+             _row(("request", "targets", "infer s", "total s", "infer vs all targets")), _row(("---",) * 5)]
+    for e2e, names in ((results["e2e"], targets), (one, targets[:1])):
+        infer, total = e2e["timings_s"].get("infer", 0.0), sum(e2e["timings_s"].values())
+        ratio = f"{infer / full_infer:.2f}x" if full_infer > 0 else "-"
+        lines.append(_row((f"{len(sources)}→{len(names)}", ", ".join(names), f"{infer:.3f}", f"{total:.3f}", ratio)))
+    return lines + [""]
 
 
 def _tag(results: dict) -> str:

@@ -29,7 +29,7 @@ import torch
 from onnx import numpy_helper
 
 from medk2n.errors import ExportError
-from medk2n.export.spec import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, GraphSpec
+from medk2n.export.spec import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, TARGET_AXIS, GraphSpec
 from medk2n.export.wrapper import FixedKN, example_inputs
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
@@ -46,9 +46,13 @@ def export_onnx(graph: FixedKN, spec: GraphSpec, vocab_size: int, path: Path) ->
     """Write `graph` as a single-file ONNX model (weights inline, < 2 GB for every preset)."""
     args = example_inputs(spec, vocab_size, trace_batch(spec))
     dynamic_shapes = None
-    if not spec.batch.fixed:
-        batch = torch.export.Dim(BATCH_AXIS, min=spec.batch.min, max=spec.batch.max)
-        dynamic_shapes = {name: {0: batch} for name in INPUT_NAMES}
+    if not spec.batch.fixed or spec.dynamic_targets:
+        dynamic_shapes = {name: {} for name in INPUT_NAMES}
+        if not spec.batch.fixed:
+            batch = torch.export.Dim(BATCH_AXIS, min=spec.batch.min, max=spec.batch.max)
+            dynamic_shapes = {name: {0: batch} for name in INPUT_NAMES}
+        if spec.dynamic_targets:  # traced at N = spec.n >= 2: torch.export specialises size-1 axes
+            dynamic_shapes["tgt"][1] = torch.export.Dim(TARGET_AXIS, min=1, max=spec.n)
     with _quiet_exporter():
         torch.onnx.export(
             graph,

@@ -14,6 +14,9 @@ from medk2n.manifest import TensorSpec
 INPUT_NAMES = ("x", "src", "tgt", "avail")
 OUTPUT_NAMES = ("images", "scale")
 BATCH_AXIS = "batch"
+# The target axis of tgt/images/scale: symbolic (1..N) in graphs with N > 1, so a request for
+# fewer targets computes only those (everything after the encoder runs once per target).
+TARGET_AXIS = "targets"
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINES = ("onnx", "trt")
 DEFAULT_OPSET = 18
@@ -75,9 +78,21 @@ class GraphSpec:
     def batch_dim(self) -> int | str:
         return self.batch.min if self.batch.fixed else BATCH_AXIS
 
-    def shapes(self, batch: int | str) -> dict[str, list[int | str]]:
-        """Every input and output shape for one batch size (an int or the symbolic axis)."""
-        k, n, s = self.k, self.n, self.size
+    @property
+    def dynamic_targets(self) -> bool:
+        """N is the most targets one call makes; with N > 1 the graph takes 1..N (torch.export
+        specialises a size-1 axis, so N = 1 stays fixed)."""
+        return self.n > 1
+
+    @property
+    def target_dim(self) -> int | str:
+        return TARGET_AXIS if self.dynamic_targets else self.n
+
+    def shapes(self, batch: int | str, targets: int | str | None = None) -> dict[str, list[int | str]]:
+        """Every input and output shape for one batch size and target count (ints, or the symbolic
+        axes; `targets` defaults to the graph's own target axis)."""
+        k, s = self.k, self.size
+        n = self.target_dim if targets is None else targets
         return {
             "x": [batch, k, s, s],
             "src": [batch, k],

@@ -57,8 +57,11 @@ def build_target(trt: ModuleType, device: int = 0) -> BuildTarget:
 
 
 def profile_shapes(spec: GraphSpec) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """(min, opt, max) shape of every input for the optimisation profile, from the batch range."""
-    lo, opt, hi = (spec.shapes(b) for b in (spec.batch.min, spec.batch.opt, spec.batch.max))
+    """(min, opt, max) shape of every input for the optimisation profile, from the batch range and,
+    for a graph with a target axis, 1..N targets (optimised for N)."""
+    fewest = 1 if spec.dynamic_targets else spec.n
+    lo, opt, hi = (spec.shapes(b, t) for b, t in ((spec.batch.min, fewest), (spec.batch.opt, spec.n),
+                                                   (spec.batch.max, spec.n)))
     return {name: (tuple(lo[name]), tuple(opt[name]), tuple(hi[name])) for name in INPUT_NAMES}
 
 

@@ -19,6 +19,7 @@ from medk2n.runtime.uncertainty import check_calibration
 
 # The IO contract every bundle follows (DESIGN.md, "Export"): name -> (dtype, dims after batch).
 INPUT_NAMES = ("x", "src", "tgt", "avail")
+TARGET_AXIS = "targets"  # export.spec.TARGET_AXIS (the runtime does not import export)
 OUTPUT_NAMES = ("images", "scale")
 # Bundles exported before the Laplace scale output carry an uninformative "confidence" map:
 # they still run (images only).
@@ -56,6 +57,13 @@ class Bundle:
     @property
     def fixed_batch(self) -> bool:
         return self.batch["min"] == self.batch["max"]
+
+    @property
+    def dynamic_targets(self) -> bool:
+        """The graph takes 1..N targets per call (bundles exported before 2026-12-02 always compute N:
+        a shorter request is padded with its last target and the extra outputs dropped)."""
+        tgt = next((spec for spec in self.manifest.inputs if spec.name == "tgt"), None)
+        return tgt is not None and len(tgt.shape) == 2 and isinstance(tgt.shape[1], str)
 
     def modality_id(self, name: str) -> int:
         return self.modalities.index(name)
@@ -104,13 +112,16 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
     if not any(model.format in ("onnx", "trt-plan") for model in m.models):
         raise BundleError(f"{where}: lists no onnx or trt-plan model")
     size = m.image_size
+    tgt = next((spec for spec in m.inputs if spec.name == "tgt"), None)
+    # The target axis: N, or (graphs that take 1..N targets) the symbolic TARGET_AXIS.
+    n = TARGET_AXIS if tgt is not None and tgt.shape[1:] == [TARGET_AXIS] and m.n > 1 else m.n
     expected = {
         "x": ("float32", [m.k, size, size]),
         "src": ("int64", [m.k]),
-        "tgt": ("int64", [m.n]),
+        "tgt": ("int64", [n]),
         "avail": ("float32", [m.k]),
-        "images": ("float32", [m.n, size, size]),
-        "scale": ("float32", [m.n, size, size]),
+        "images": ("float32", [n, size, size]),
+        "scale": ("float32", [n, size, size]),
         "confidence": ("float32", [m.n, size, size]),
     }
     _check_tensors(m.inputs, INPUT_NAMES, expected, m.batch, where)

@@ -160,7 +160,9 @@ class Synthesizer:
             sources=sources,
             targets=targets,
             src=np.array(src + [src[0]] * (b.k - len(src)), dtype=np.int64),
-            tgt=np.array(tgt + [tgt[-1]] * (b.n - len(tgt)), dtype=np.int64),
+            # A graph with a target axis computes only what is asked; an older fixed-N graph always
+            # computes N, so the request is padded with its last target (outputs dropped after).
+            tgt=np.array(tgt if b.dynamic_targets else tgt + [tgt[-1]] * (b.n - len(tgt)), dtype=np.int64),
             avail=np.array([1.0] * len(src) + [0.0] * (b.k - len(src)), dtype=np.float32),
         )
 

@@ -109,8 +109,12 @@ def test_small_real_run_writes_every_backend(tiny, tmp_path):
     assert set(e2e["timings_s"]) == {"read", "preprocess", "infer", "postprocess", "write"}
     assert 0 < e2e["slices_inferred"] <= e2e["slices"]
     assert math.isfinite(e2e["overhead_pct_of_infer"])
+    one = data["e2e_one_target"]  # the same volume asking for its first target only
+    assert data["dynamic_targets"] and one["slices_inferred"] == e2e["slices_inferred"]
+    assert set(one["timings_s"]) == set(e2e["timings_s"])
 
     md = (out / "latency.md").read_text()
+    assert "## One target vs all targets" in md and f"| 2→1 | {data['inputs']['targets'][0]} |" in md
     for backend in ALL_BACKENDS:
         assert f"| {backend} |" in md
     assert "| pre+post+IO |" in md and "Machine: " in md

@@ -28,7 +28,7 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     assert manifest.normalization["adc"] == {"kind": "range", "low": 0.0, "high": 4000.0, "standard": None}
     assert [(m.file, m.format, m.precision) for m in manifest.models] == [("model.onnx", "onnx", "fp32")]
     assert [t.name for t in manifest.inputs] == ["x", "src", "tgt", "avail"]
-    assert manifest.outputs[0].shape == [1, 4, 64, 64] and manifest.batch == {"min": 1, "opt": 1, "max": 1}
+    assert manifest.outputs[0].shape == [1, "targets", 64, 64] and manifest.batch == {"min": 1, "opt": 1, "max": 1}
     assert set(manifest.files) == {"model.onnx"}
     assert {"medk2n", "torch", "onnx", "onnxruntime", "onnx-opset"} <= set(manifest.versions)
     assert manifest.source["weights_sha256"] == sha256_file(tiny_checkpoint / "model.safetensors")
@@ -36,6 +36,8 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     parity = manifest.parity["fp32"]
     assert parity["passed"] and parity["reference"] == "pytorch"
     assert parity["images"]["max_abs"] <= 1e-2 and parity["images"]["psnr_db"] > 60
+    one = parity["one_target"]  # the symbolic target axis, checked at one target too
+    assert one["passed"] and one["images"]["psnr_db"] > 60 and one["vs_first_of_n"]["images"]["max_abs"] <= 1e-5
     assert np.isfinite(manifest.accuracy["psnr_db"]["fp32"])
     load_bundle(path)  # the runtime accepts it
 
@@ -94,6 +96,23 @@ def test_one_graph_answers_every_task(fp32_bundle, tiny_model, phantom_data):
         results[(sources, targets)] = images
     first = results[TASKS[0]]
     assert all(not np.allclose(first, other) for task, other in results.items() if task != TASKS[0])
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_the_graph_computes_only_the_targets_asked_for(fp32_bundle, tiny_model, phantom_data, count):
+    """The target axis is symbolic: 1..N targets, each the same as in a full-N call."""
+    model, cfg = tiny_model
+    vocab = cfg.model.modalities
+    _, held = calibration.load_pools(cfg.model, 64, phantom_data, calib_slices=1)
+    session = verify.onnx_session(fp32_bundle.path / "model.onnx")
+    x = held.images[:2, [vocab.index("flair"), vocab.index("adc")]].astype(np.float32)
+    feeds = {"x": x[:1], "src": np.array([[vocab.index("flair"), vocab.index("adc")]], np.int64),
+             "avail": np.ones((1, 2), np.float32)}
+    every = np.array([[vocab.index(t) for t in ("dwi", "t2", "t1", "pd")]], np.int64)
+    full, _ = session.run(["images", "scale"], {**feeds, "tgt": every})
+    part, scale = session.run(["images", "scale"], {**feeds, "tgt": every[:, :count]})
+    assert part.shape == scale.shape == (1, count, 64, 64)
+    np.testing.assert_allclose(part, full[:, :count], atol=1e-5)
 
 
 def test_reexport_gives_the_same_manifest_and_bytes(fp32_bundle, make_options, tmp_path):

@@ -18,23 +18,26 @@ def test_parse_batch_rejects(text):
         parse_batch(text)
 
 
-def test_fixed_batch_shapes_are_numbers():
+def test_fixed_batch_shapes_are_numbers_and_the_target_axis_is_symbolic():
     spec = GraphSpec(k=2, n=4, size=64, batch=parse_batch("3"))
     shapes = {t.name: (t.dtype, t.shape) for t in spec.inputs() + spec.outputs()}
     assert shapes == {
         "x": ("float32", [3, 2, 64, 64]),
         "src": ("int64", [3, 2]),
-        "tgt": ("int64", [3, 4]),
+        "tgt": ("int64", [3, "targets"]),
         "avail": ("float32", [3, 2]),
-        "images": ("float32", [3, 4, 64, 64]),
-        "scale": ("float32", [3, 4, 64, 64]),
+        "images": ("float32", [3, "targets", 64, 64]),
+        "scale": ("float32", [3, "targets", 64, 64]),
     }
+    assert spec.shapes(3, 1)["images"] == [3, 1, 64, 64]  # a concrete target count, e.g. for a profile
 
 
-def test_dynamic_batch_is_symbolic():
+def test_dynamic_batch_is_symbolic_and_one_target_stays_fixed():
     spec = GraphSpec(k=1, n=2, size=32, batch=parse_batch("1:2:8"))
     assert all(t.shape[0] == "batch" for t in spec.inputs() + spec.outputs())
     assert spec.inputs()[0].shape == ["batch", 1, 32, 32]
+    single = GraphSpec(k=2, n=1, size=32, batch=parse_batch("1:2:8"))  # torch.export pins size-1 axes
+    assert not single.dynamic_targets and single.inputs()[2].shape == ["batch", 1]
 
 
 @pytest.mark.parametrize(

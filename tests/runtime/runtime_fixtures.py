@@ -53,7 +53,7 @@ def target_gain(modality: str) -> float:
     return 1.0 - 0.1 * MODALITIES.index(modality)
 
 
-def fake_model(k: int, n: int, size: int, batch: int | str, second: str = "scale") -> onnx.ModelProto:
+def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = "scale") -> onnx.ModelProto:
     vocab = len(MODALITIES)
     weights = helper.make_tensor("w", TensorProto.FLOAT, [vocab], [source_weight(m) for m in MODALITIES])
     gains = helper.make_tensor("gain", TensorProto.FLOAT, [vocab], [target_gain(m) for m in MODALITIES])
@@ -100,14 +100,18 @@ def fake_model(k: int, n: int, size: int, batch: int | str, second: str = "scale
 
 
 def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dict | None = None,
-                plan: bool = False, legacy: bool = False, calibrated: bool = True) -> Path:
-    """Write model.onnx (+ a dummy model.plan) and a manifest with real sha256 hashes."""
+                plan: bool = False, legacy: bool = False, calibrated: bool = True, target_axis: bool = False) -> Path:
+    """Write model.onnx (+ a dummy model.plan) and a manifest with real sha256 hashes.
+
+    target_axis: the graph takes 1..n targets (a symbolic "targets" axis), as exports since
+    2026-12-02 do; otherwise exactly n, as before."""
     second = "confidence" if legacy else "scale"
+    dims: int | str = "targets" if target_axis else n
     batch = batch or {"min": 1, "opt": 4, "max": 8}
     fixed = batch["min"] == batch["max"]
     lead: int | str = batch["min"] if fixed else "batch"
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(fake_model(k, n, size, lead, second), folder / "model.onnx")
+    onnx.save(fake_model(k, dims, size, lead, second), folder / "model.onnx")
     models = [ModelFile(file="model.onnx", format="onnx", precision="fp32")]
     if plan:
         (folder / "model.plan").write_bytes(b"not a real engine")
@@ -117,9 +121,9 @@ def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dic
         k=k, n=n, image_size=size, modalities=list(MODALITIES), normalization=dict(NORMS), precision="fp32",
         models=models,
         inputs=[TensorSpec("x", "float32", [lead, k, size, size]), TensorSpec("src", "int64", [lead, k]),
-                TensorSpec("tgt", "int64", [lead, n]), TensorSpec("avail", "float32", [lead, k])],
-        outputs=[TensorSpec("images", "float32", [lead, n, size, size]),
-                 TensorSpec(second, "float32", [lead, n, size, size])],
+                TensorSpec("tgt", "int64", [lead, dims]), TensorSpec("avail", "float32", [lead, k])],
+        outputs=[TensorSpec("images", "float32", [lead, dims, size, size]),
+                 TensorSpec(second, "float32", [lead, dims, size, size])],
         batch=dict(batch), files=hash_bundle_files(folder), created="test",
         uncertainty=calibration() if calibrated and not legacy else {},
     )

@@ -71,6 +71,26 @@ def test_fixed_batch_bundle_gives_the_same_result(synth: Synthesizer, fixed_bund
     np.testing.assert_allclose(a, synth.run(volumes, None, ["dwi"])["dwi"][0], atol=1e-6)
 
 
+def test_a_graph_with_a_target_axis_computes_only_the_targets_asked_for(synth: Synthesizer, tmp_path: Path) -> None:
+    """Bundles since 2026-12-02 take 1..N targets; older fixed-N ones get the request padded to N."""
+    volumes = {m: v for m, v in fields().items() if m in ("t2", "flair")}
+    with Synthesizer(make_bundle(tmp_path / "axis", n=4, target_axis=True), backend="cpu") as axis:
+        assert axis.bundle.dynamic_targets and not synth.bundle.dynamic_targets
+        sent = []
+        infer = axis.runner.infer
+        axis.runner.infer = lambda feed: sent.append(feed["tgt"].shape) or infer(feed)
+        one = axis.run(volumes, None, ["dwi"])
+        three = axis.run(volumes, None, ["dwi", "adc", "t1"])
+    assert {shape[1] for shape in sent[:len(sent) // 2]} == {1} and {shape[1] for shape in sent[len(sent) // 2:]} == {3}
+    np.testing.assert_allclose(one["dwi"][0], three["dwi"][0], atol=1e-6)
+    check(three, fields(), ["t2", "flair"], ["dwi", "adc", "t1"], np.eye(4))
+    padded = synth.run(volumes, None, ["dwi"])  # the fixed N=2 graph: [dwi, dwi] sent, one kept
+    np.testing.assert_allclose(padded["dwi"][0], one["dwi"][0], atol=1e-6)
+    with Synthesizer(make_bundle(tmp_path / "axis2", n=2, target_axis=True), backend="cpu") as axis:
+        with pytest.raises(BundleError, match="at most N=2"):
+            axis.run(volumes, None, ["dwi", "adc", "t1"])
+
+
 def test_slices_without_brain_are_zero(synth: Synthesizer) -> None:
     volumes = {m: v.copy() for m, v in fields().items() if m != "t1"}
     for v in volumes.values():
