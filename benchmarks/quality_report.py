@@ -252,7 +252,7 @@ def markdown(results: dict) -> str:
     runs = results["methods"]
     steps = ", ".join(f"{name} {run['steps']}" for name, run in runs.items())
     lines = [
-        "# Quality benchmark", "",
+        f"# Quality benchmark ({s['preset']}, seed {s['seed']})", "",
         f"{format_machine(m)}; PyTorch device {m['device']}.", "",
         f"Budget: {s['budget_minutes']:g} min of training wall-clock per method (same split, seed and budget; "
         f"preset {s['preset']}), the curriculum and the cosine decay spread over that budget. Steps reached: "

@@ -1,4 +1,4 @@
-"""FP32 ONNX export of the fixed-K/N graph, and the structural checks every ONNX file passes.
+"""FP32 ONNX export of the fixed-K, 1..N-target graph, and the structural checks every ONNX file passes.
 
 Uses the `torch.export`-based exporter (`dynamo=True`, the default since
 torch 2.9; the TorchScript exporter is deprecated): it traces Hiera's window

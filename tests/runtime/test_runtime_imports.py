@@ -59,7 +59,7 @@ def test_a_whole_run_needs_no_torch(tmp_path: Path, bundle_dir: Path) -> None:
 def test_base_install_runs_the_cli(tmp_path: Path, bundle_dir: Path) -> None:
     base = os.environ.get("MEDK2N_BASE_PYTHON")
     if not base:
-        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .[cpu]`)")
     probe = python("-c", "import importlib.util as u; print(u.find_spec('torch') is None)", executable=base)
     assert probe.stdout.strip() == "True", "torch must not be installed in the base environment"
     case = write_case(tmp_path / "case001", "oblique")
@@ -78,7 +78,7 @@ def test_base_install_runs_the_cli(tmp_path: Path, bundle_dir: Path) -> None:
 def test_base_install_names_the_extra_a_command_needs(tmp_path: Path, entry: str, args: list, extra: str) -> None:
     base = os.environ.get("MEDK2N_BASE_PYTHON")
     if not base:
-        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .[cpu]`)")
     module, func = entry.split(":")
     (tmp_path / "data").mkdir()
     proc = subprocess.run([base, "-c", f"import sys; from {module} import {func}; {func}(sys.argv[1:])", *args],
@@ -100,7 +100,7 @@ def test_the_library_imports_from_the_source_root() -> None:
     installed package there, and export/, runtime/, benchmarks/ are not inside it."""
     base = os.environ.get("MEDK2N_BASE_PYTHON")
     if not base:
-        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .`)")
+        pytest.skip("MEDK2N_BASE_PYTHON is unset (`make test` points it at .venv-base, a plain `pip install .[cpu]`)")
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([base, "-c", "import sys, medk2n.runtime.synthesizer as s; print(s.__file__); "
                            "print('torch' in sys.modules)"], capture_output=True, text=True, timeout=300, cwd=root)
