@@ -102,9 +102,8 @@ def _export_fp32(ctx: _Context, path: Path) -> None:
         one = verify.first_target(ctx.held_out)
         single = verify.run_onnx(path, one, ctx.batch)
         result = verify.fp32_parity(verify.run_torch(reference, one, ctx.batch), single)
-        result["vs_first_of_n"] = verify.compare({k: v[:, :1] for k, v in ctx.outputs["fp32"].items()}, single)
-        result["passed"] = result["passed"] and all(
-            result["vs_first_of_n"][name]["outliers"] <= verify.FP32_MAX_OUTLIERS for name in result["vs_first_of_n"])
+        result["vs_first_of_n"] = verify.fp32_parity({k: v[:, :1] for k, v in ctx.outputs["fp32"].items()}, single)
+        result["passed"] = result["passed"] and result["vs_first_of_n"]["passed"]
         ctx.parity["fp32"]["one_target"] = result
         ctx.parity["fp32"]["passed"] = ctx.parity["fp32"]["passed"] and result["passed"]
     ctx.accuracy["psnr_db"]["fp32"] = verify.figure(verify.masked_psnr(ctx.outputs["fp32"], ctx.held_out))

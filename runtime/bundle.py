@@ -62,8 +62,7 @@ class Bundle:
     def dynamic_targets(self) -> bool:
         """The graph takes 1..N targets per call (bundles exported before 2026-12-02 always compute N:
         a shorter request is padded with its last target and the extra outputs dropped)."""
-        tgt = next((spec for spec in self.manifest.inputs if spec.name == "tgt"), None)
-        return tgt is not None and len(tgt.shape) == 2 and isinstance(tgt.shape[1], str)
+        return has_target_axis(self.manifest)
 
     def modality_id(self, name: str) -> int:
         return self.modalities.index(name)
@@ -100,6 +99,12 @@ def load_bundle(path: str | Path) -> Bundle:
     return Bundle(path=path, manifest=manifest, norms=norms)
 
 
+def has_target_axis(manifest: Manifest) -> bool:
+    """Whether the graph's target axis is the symbolic TARGET_AXIS (1..N targets) rather than N."""
+    tgt = next((spec for spec in manifest.inputs if spec.name == "tgt"), None)
+    return manifest.n > 1 and tgt is not None and tgt.shape[1:] == [TARGET_AXIS]
+
+
 def _check_contract(manifest: Manifest, where: Path) -> None:
     m = manifest
     if not (1 <= m.k and 1 <= m.n and m.image_size >= 1):
@@ -112,9 +117,7 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
     if not any(model.format in ("onnx", "trt-plan") for model in m.models):
         raise BundleError(f"{where}: lists no onnx or trt-plan model")
     size = m.image_size
-    tgt = next((spec for spec in m.inputs if spec.name == "tgt"), None)
-    # The target axis: N, or (graphs that take 1..N targets) the symbolic TARGET_AXIS.
-    n = TARGET_AXIS if tgt is not None and tgt.shape[1:] == [TARGET_AXIS] and m.n > 1 else m.n
+    n = TARGET_AXIS if has_target_axis(m) else m.n
     expected = {
         "x": ("float32", [m.k, size, size]),
         "src": ("int64", [m.k]),

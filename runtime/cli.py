@@ -83,7 +83,7 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], 
     def body() -> int:
         start = time.perf_counter()
         cases, publish_dir = _cases(case_dirs, inputs, out_dir)
-        source_names = _names(sources) if sources else [m for m in cases[0].files] if inputs else []
+        source_names = _names(sources) if sources else (list(cases[0].files) if inputs else [])
         if not source_names:
             raise DataError("--sources is required with case folders (e.g. --sources flair,adc)")
         with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
