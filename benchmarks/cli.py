@@ -83,9 +83,12 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
               help="Where every method trains and is evaluated (exports are scored with ONNX Runtime).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--tag", default=None, help="Name the files quality-<tag>.* (e.g. a GPU run beside the CPU one).")
+@click.option("--steps", default=None,
+              help="Fixed step budget instead of --budget-minutes: N, or METHOD=N,... per method (e.g. the steps "
+                   "each reached in a wall-clock run on an idle machine), so a loaded machine gives the same result.")
 @debug_option
 def quality(data: Path, budget_minutes: float, preset: str, methods: str | None, seed: int, device: str, out: Path,
-            tag: str | None, debug: bool) -> None:
+            tag: str | None, steps: str | None, debug: bool) -> None:
     """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
 
     def body() -> int:
@@ -93,7 +96,7 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(METHODS)
         run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag,
-                    methods=chosen)
+                    methods=chosen, steps=steps)
         click.echo(f"wrote quality results to {out}")
         return 0
 
@@ -111,9 +114,12 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @click.option("--tag", default=None, help="Name the files robustness-<tag>.* (e.g. another corrupted source).")
+@click.option("--steps", default=None,
+              help="Fixed step budget instead of --budget-minutes: N, or METHOD=N,... per method (e.g. the steps "
+                   "each reached in a wall-clock run on an idle machine), so a loaded machine gives the same result.")
 @debug_option
 def robustness(data: Path, task: str, source: str | None, methods: str, budget_minutes: float, preset: str,
-               seed: int, device: str, out: Path, tag: str | None, debug: bool) -> None:
+               seed: int, device: str, out: Path, tag: str | None, steps: str | None, debug: bool) -> None:
     """Train each method alike, then score it with one source degraded (noise, ghosting, wrong contrast)."""
 
     def body() -> int:
@@ -121,7 +127,7 @@ def robustness(data: Path, task: str, source: str | None, methods: str, budget_m
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
         results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
-                                 progress=_progress, tag=tag)
+                                 progress=_progress, tag=tag, steps=steps)
         click.echo(markdown(results))
         return 0
 

@@ -78,9 +78,11 @@ class Plan:
     precisions: tuple[str, ...]
     overrides: dict
     device: str
+    steps: dict | None = None  # {method: steps}: a fixed step budget instead of budget_minutes
 
     def settings(self) -> dict:
-        return {"preset": self.preset, "seed": self.seed, "budget_minutes": self.budget_minutes,
+        return {"preset": self.preset, "seed": self.seed, "steps": self.steps,
+                "budget_minutes": None if self.steps else self.budget_minutes,
                 "methods": list(self.methods), "test_fraction": self.test_fraction,
                 "export_precisions": list(self.precisions), "overrides": self.overrides, "device": self.device}
 
@@ -101,6 +103,7 @@ def run_quality(
     device: str = "cpu",
     work: Path | None = None,
     tag: str | None = None,
+    steps: str | None = None,
 ) -> dict:
     """Train, evaluate and export as the module docstring says; write quality.{json,md,png} to `out`.
 
@@ -110,12 +113,13 @@ def run_quality(
     work: keep checkpoints, bundles and split folders there (default: a
     temporary folder, removed at the end).
     tag: write quality-<tag>.* instead (e.g. a GPU run beside the CPU one).
+    steps: "N" or "METHOD=N,...": train fixed step counts instead of budget_minutes of wall clock.
     Returns the results dict that quality.json holds.
     """
     stem = result_stem(tag, "quality")  # a bad tag fails before minutes of training
     plan = Plan(preset, seed, budget_minutes, tuple(_check_methods(methods)),
                 tuple(parse_task(t) if isinstance(t, str) else t for t in tasks), test_fraction,
-                tuple(export_precisions), dict(overrides or {}), device)
+                tuple(export_precisions), dict(overrides or {}), device, parse_step_budget(steps, methods))
     bad = [p for p in plan.precisions if p not in PRECISIONS]
     if bad:
         raise ConfigError(f"export precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
@@ -134,9 +138,10 @@ def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str]
     rows, runs, examples = [], {}, {}
     for method in plan.methods:
         cfg = method_config(plan.preset, method, plan.seed, plan.overrides)
-        progress(f"{method}: training for {plan.budget_minutes:g} min")
+        fixed = plan.steps and plan.steps[method]
+        progress(f"{method}: training for " + (f"{fixed} steps" if fixed else f"{plan.budget_minutes:g} min"))
         runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
-                                           60.0 * plan.budget_minutes, plan.device)
+                                           60.0 * plan.budget_minutes, plan.device, steps=fixed or None)
         progress(f"{method}: {runs[method]['steps']} steps; evaluating")
         start = time.perf_counter()
         method_rows, examples[method] = evaluate_checkpoint(
@@ -182,6 +187,24 @@ def method_config(preset_name: str, method: str, seed: int, overrides: dict | No
     cfg.train.seed = seed
     cfg.name = f"quality-{method}"
     return cfg
+
+
+def parse_step_budget(text: str | None, methods: Sequence[str]) -> dict[str, int] | None:
+    """`--steps`: "N" for every method or "METHOD=N,..." naming each one -> {method: steps} (None: wall clock)."""
+    if not text:
+        return None
+    try:
+        if "=" not in text:
+            steps = {method: int(text) for method in methods}
+        else:
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            steps = {name.strip(): int(value) for name, value in pairs}
+    except ValueError:
+        raise ConfigError(f"--steps {text!r}: give N or METHOD=N,... with whole numbers") from None
+    missing = [m for m in methods if m not in steps]
+    if missing or any(v < 1 for v in steps.values()):
+        raise ConfigError(f"--steps {text!r}: every method needs a positive step count (missing: {', '.join(missing) or 'none'})")
+    return steps
 
 
 def _warm_text_embeddings(cfg: ExperimentConfig, methods: Sequence[str]) -> None:
@@ -235,13 +258,19 @@ def _link_case(case: Case, part_dir: Path) -> None:
 
 
 def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, budget_s: float,
-                        device: str = "cpu") -> dict:
-    """Train with the curriculum and the cosine decay spread over the budget (see the module docstring)."""
+                        device: str = "cpu", steps: int | None = None) -> dict:
+    """Train with the curriculum and the cosine decay spread over the budget (see the module docstring).
+
+    With `steps`, train exactly that many steps on the step schedule instead: a result that does not
+    depend on the machine's load (other jobs on a shared machine cut a wall-clock run short)."""
     from medk2n.train.loop import train
 
     start = time.perf_counter()
-    result = train(cfg, train_dir, run_dir, device=device, progress=False, budget_minutes=budget_s / 60.0,
-                   fit_to_budget=True)
+    if steps is not None:
+        result = train(cfg, train_dir, run_dir, max_steps=steps, device=device, progress=False)
+    else:
+        result = train(cfg, train_dir, run_dir, device=device, progress=False, budget_minutes=budget_s / 60.0,
+                       fit_to_budget=True)
     seconds = time.perf_counter() - start
     stages = [row["stage"] for row in result.history]
     return {

@@ -247,6 +247,15 @@ def _runs_table(results: dict) -> list[str]:
     return lines
 
 
+def budget_sentence(settings: dict, steps: str) -> str:
+    if settings.get("steps"):
+        return (f"Budget: a fixed number of steps per method ({steps}; same split and seed, preset "
+                f"{settings['preset']}), on the step schedule: a result the machine's load cannot change.")
+    return (f"Budget: {settings['budget_minutes']:g} min of training wall-clock per method (same split, seed and "
+            f"budget; preset {settings['preset']}), the curriculum and the cosine decay spread over that budget. "
+            f"Steps reached: {steps}.")
+
+
 def markdown(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     runs = results["methods"]
@@ -254,9 +263,7 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Quality benchmark ({s['preset']}, seed {s['seed']})", "",
         f"{format_machine(m)}; PyTorch device {m['device']}.", "",
-        f"Budget: {s['budget_minutes']:g} min of training wall-clock per method (same split, seed and budget; "
-        f"preset {s['preset']}), the curriculum and the cosine decay spread over that budget. Steps reached: "
-        f"{steps}.", "",
+        budget_sentence(s, steps), "",
         f"Subjects: {len(results['split']['train'])} training (part of them validate), "
         f"{len(results['split']['test'])} test. Metrics: `medk2n-eval` protocol, mean ± sd over test subjects; "
         f"p: two-sided exact Wilcoxon signed-rank vs {results['reference']}, paired per subject, uncorrected. "
@@ -303,7 +310,9 @@ def psnr_figure(results: dict, path: Path) -> Path:
                label=_label(method), hatch="//" if ":" in method or method == "mean-train" else None)
     ax.set_xticks(np.arange(len(keys)), keys, fontsize=8)
     ax.set_ylabel("brain-masked PSNR (dB), mean ± sd over subjects")
-    ax.set_title(f"Quality at {results['settings']['budget_minutes']:g} min training per method")
+    s = results["settings"]
+    ax.set_title("Quality at a fixed step budget per method" if s.get("steps")
+                 else f"Quality at {s['budget_minutes']:g} min training per method")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)

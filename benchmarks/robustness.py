@@ -28,8 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config, parse_task, split_dataset,
-                                       train_within_budget)
+from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config, parse_step_budget, parse_task,
+                                       split_dataset, train_within_budget)
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
@@ -89,9 +89,13 @@ def drops(clean: Sequence[dict], degraded: Sequence[dict], targets: Sequence[str
 def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source: str | None = None,
                    methods: Sequence[str] = DEFAULT_METHODS, budget_minutes: float = 5.0, preset: str = "tiny",
                    seed: int = 0, test_fraction: float = 0.3, device: str = "cpu",
-                   progress: Callable[[str], None] = lambda _: None, tag: str | None = None) -> dict:
-    """Train each method, score it clean and with `source` degraded; write robustness[-tag].{json,md} to `out`."""
+                   progress: Callable[[str], None] = lambda _: None, tag: str | None = None,
+                   steps: str | None = None) -> dict:
+    """Train each method, score it clean and with `source` degraded; write robustness[-tag].{json,md} to `out`.
+
+    `steps` ("N" or "METHOD=N,...") trains fixed step counts instead of `budget_minutes` of wall clock."""
     stem = result_stem(tag, "robustness")  # a bad tag fails before minutes of training
+    step_budget = parse_step_budget(steps, methods)
     task = parse_task(task_text)
     source = source or task.sources[-1]
     if source not in task.sources or len(task.sources) < 2:
@@ -106,9 +110,10 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source:
         runs = {}
         for method in methods:
             cfg = method_config(preset, method, seed)
-            progress(f"{method}: training for {budget_minutes:g} min")
+            fixed = step_budget and step_budget[method]
+            progress(f"{method}: training for " + (f"{fixed} steps" if fixed else f"{budget_minutes:g} min"))
             runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
-                                               60.0 * budget_minutes, device)
+                                               60.0 * budget_minutes, device, steps=fixed or None)
             progress(f"{method}: {runs[method]['steps']} steps; evaluating clean and degraded")
             rows[method] = {}
             for kind, test_dir in [("clean", split["test_dir"]), *test_sets.items()]:
@@ -117,7 +122,8 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source:
                 rows[method][kind] = method_rows
     results = summarise(rows, task, source, runs)
     results.update(settings={"task": task.key, "corrupted_source": source, "methods": list(methods),
-                             "budget_minutes": budget_minutes, "preset": preset, "seed": seed,
+                             "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
+                             "preset": preset, "seed": seed,
                              "noise_fraction": NOISE_FRACTION, "ghost_every": GHOST_EVERY},
                    split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
     write_outputs(results, Path(out), stem)
@@ -150,7 +156,7 @@ def summarise(rows: dict[str, dict[str, list[dict]]], task: Task, source: str, r
 def markdown(results: dict) -> str:
     s = results["settings"]
     lines = [f"### Robustness: {s['task']} with `{s['corrupted_source']}` degraded at test time", "",
-             f"Preset `{s['preset']}`, {s['budget_minutes']:g} min of training per method, seed {s['seed']}; "
+             f"Preset `{s['preset']}`, {_budget_text(s)}, seed {s['seed']}; "
              f"{len(results['split']['test'])} test subjects. Masked PSNR (dB, mean over the task's targets): "
              "clean, and the drop (clean minus degraded; smaller is more robust), mean ± sd over subjects.", "",
              "| method | steps | clean | drop: " + " | drop: ".join(CORRUPTIONS) + " |",
@@ -165,6 +171,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {test['wins_of_first']}/{test['subjects']} | "
                      f"{'–' if median is None else f'{median:+.2f}'} | {format_p(test)} |")
     return "\n".join(lines) + "\n"
+
+
+def _budget_text(settings: dict) -> str:
+    if settings.get("steps"):
+        return "a fixed step budget per method (" + ", ".join(f"{m} {n}" for m, n in settings["steps"].items()) + ")"
+    return f"{settings['budget_minutes']:g} min of training per method"
 
 
 def write_outputs(results: dict, out: Path, stem: str = "robustness") -> list[Path]:

@@ -112,6 +112,10 @@ class ModelConfig:
     ablation: str = "B5"
     eps: float = 1e-3  # EffiWeightNet clamp
     unet_width: int = 32  # baseline U-Net base channels
+    # Fuse the sources best-predicted-quality first (models/fusion.py) instead of in the order the
+    # request names them: a degraded first source no longer becomes the ungated base frame.
+    # Off for checkpoints written before it existed, whose fusion was trained in request order.
+    base_by_quality: bool = False
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -195,6 +199,10 @@ class TrainConfig:
     # contrast under its name; data/artifacts.py) while its targets stay clean: the only way the
     # fusion's gates ever see a source worth turning down. 0 = clean sources only.
     source_artifacts: float = 0.2
+    # Which source may be the degraded one: False = an auxiliary slot only (the request's first
+    # source is the fusion's ungated base); True = any slot, a lone source included, which a
+    # fusion ordered by quality (model.base_by_quality) needs to learn what a bad frame costs.
+    degrade_any_source: bool = False
     # Targets whose synthesis is histogram-standardised (data/standardize.py) onto the standard
     # scale of the training subjects' acquisitions, fitted before step 1 and stored in the
     # modality's normalisation. Off by default: it helps contrasts whose histogram has one layout

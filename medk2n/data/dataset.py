@@ -81,6 +81,7 @@ class SliceDataset:
         sources: Sequence[str] | None = None,
         targets: Sequence[str] | None = None,
         source_artifacts: float = 0.0,
+        degrade_any_source: bool = False,
     ) -> None:
         if max_sources < 1 or max_targets < 1:
             raise DataError(f"max_sources and max_targets must be >= 1, got {max_sources}, {max_targets}")
@@ -93,6 +94,7 @@ class SliceDataset:
         if not 0.0 <= source_artifacts <= 1.0:
             raise DataError(f"source_artifacts is a probability, got {source_artifacts}")
         self.source_artifacts = float(source_artifacts)
+        self.degrade_any_source = bool(degrade_any_source)
         self.set_stage(stage)
         self._gamma_ok = np.array([as_norm_spec(norms[m]).kind == "percentile" for m in self.modalities])
         self.skipped: list[tuple[str, str]] = []
@@ -218,8 +220,9 @@ class SliceDataset:
         if self.augment:
             images, mask, lesion = self._augment(images, mask, lesion, case.ids, flip, gamma)
         sources = images[src]
-        if self.source_artifacts and len(src) > 1 and rng.random() < self.source_artifacts:
-            sources = self._degrade_auxiliary(sources, images, src, rng)
+        first_slot = 0 if self.degrade_any_source else 1
+        if self.source_artifacts and len(src) > first_slot and rng.random() < self.source_artifacts:
+            sources = self._degrade_one(sources, images, src, first_slot, rng)
         x, src_ids, avail = _pad(sources, case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {
@@ -233,10 +236,14 @@ class SliceDataset:
             "lesion": lesion,
         }
 
-    def _degrade_auxiliary(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray,
-                           rng: np.random.Generator) -> np.ndarray:
-        """One auxiliary source (slot >= 1) degraded by a random artefact (data.artifacts); targets untouched."""
-        slot = int(rng.integers(1, len(src)))
+    def _degrade_one(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray, first_slot: int,
+                     rng: np.random.Generator) -> np.ndarray:
+        """One source (slot >= first_slot) degraded by a random artefact (data.artifacts); targets untouched.
+
+        first_slot 0 also degrades the base slot and a lone source: a fusion that picks its base by
+        predicted quality (model.base_by_quality) learns what a degraded frame alone costs only from
+        one-source samples whose source is degraded."""
+        slot = int(rng.integers(first_slot, len(src)))
         kind = ARTIFACTS[int(rng.integers(0, len(ARTIFACTS)))]
         # Never empty: a sample with two sources has at least two contrasts.
         others = [i for i in range(len(images)) if i != src[slot]]

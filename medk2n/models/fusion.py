@@ -1,9 +1,16 @@
 """Quality-driven sequential fusion of the source frames (the SAM2-style frame sequence of the paper).
 
-Like SAM2 reading video frames, the sources are taken one at a time. Slot 0
-is the *base* frame and must be a present source (`avail[:, 0] == 1`); it
-starts the fused state. Each auxiliary slot k = 1..K-1 then proposes an
-update for every target task j:
+Like SAM2 reading video frames, the sources are taken one at a time. The
+first frame is the *base*: it starts the fused state and no gate weighs it.
+By default it is the request's first source (which must be present,
+`avail[:, 0] == 1`), so a degraded first source goes straight through. With
+`model.base_by_quality` the frames are taken in order of their predicted
+quality instead: Q (below) scores each present frame alone, per target, as
+the error of the synthesis that frame alone would give, and the best one
+becomes the base; the rest follow best first. The fusion then does not
+depend on the order the sources were named in, and a degraded source ends up
+as a frame the gates can turn down. Each later frame k = 1..K-1 then proposes
+an update for every target task j:
 
     candidate = SharedEnc(f, w_eff * x_task-aware(F_k), c_task)
     dQ        = Q(f) - Q(candidate)       predicted error before minus after
@@ -94,7 +101,8 @@ class QualityEstimator(nn.Module):
 class FusionResult:
     features: torch.Tensor  # [M,D,h,w] task-aware fused state (eq. 3 applied to the final state)
     error_map: torch.Tensor  # [M,1,h,w] Q of the final state
-    gates: dict[str, torch.Tensor]  # each [M,K-1] (w_eff: [M,K-1,h,w])
+    gates: dict[str, torch.Tensor]  # each [M,K-1] (w_eff: [M,K-1,h,w]), frames in fusion order
+    order: torch.Tensor | None = None  # [M,K,K] one-hot: order[m, i, k] = 1 if slot k is the i-th frame fused
 
 
 class SequentialFusion(nn.Module):
@@ -107,8 +115,10 @@ class SequentialFusion(nn.Module):
         preweight: PreWeightNet | None,
         threshold: ThresholdNet | None,
         effiweight: EffiWeightNet | None,
+        base_by_quality: bool = False,
     ) -> None:
         super().__init__()
+        self.base_by_quality = base_by_quality
         self.prototypes = prototypes
         self.preweight = preweight
         self.threshold = threshold
@@ -126,6 +136,12 @@ class SequentialFusion(nn.Module):
         c_modal: torch.Tensor,
     ) -> FusionResult:
         """feats [M,K,D,h,w], src [M,K], tgt [M], avail [M,K], c_task [M,D], c_modal [M,K,D]."""
+        order = None
+        if self.base_by_quality and feats.shape[1] > 1:
+            order = self.quality_order(feats, avail, c_task)
+            feats, c_modal = (torch.einsum("mik,mk...->mi...", order, t) for t in (feats, c_modal))
+            avail = torch.einsum("mik,mk->mi", order, avail)
+            src = (order.long() * src.unsqueeze(1)).sum(dim=2)
         state = feats[:, 0]
         trace: dict[str, list[torch.Tensor]] = {}
         for k in range(1, feats.shape[1]):
@@ -139,7 +155,24 @@ class SequentialFusion(nn.Module):
             features=self.prototypes(state, tgt),
             error_map=self.quality(state, c_task),
             gates={name: torch.stack(values, dim=1) for name, values in trace.items()},
+            order=order,
         )
+
+    def quality_order(self, feats: torch.Tensor, avail: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
+        """[M,K,K] one-hot permutation putting the frames best predicted quality first, absent ones last.
+
+        Each frame is scored by Q as if it were the fused state alone (the state a one-source request
+        ends with, so Q is trained on exactly this). The rank is counted with comparisons, not a sort:
+        ties keep slot order, and the graph exports to any ONNX opset as plain elementwise ops.
+        """
+        m, k = feats.shape[:2]
+        score = self._score(feats.flatten(0, 1), c_task.repeat_interleave(k, dim=0)).view(m, k)
+        score = score.detach() + (1.0 - avail) * 1e3  # absent frames go last; Q in [0,1]
+        before = score.unsqueeze(1) < score.unsqueeze(2)  # [M,K(k),K(j)]: frame j ranks before k
+        slot = torch.arange(k, device=feats.device)
+        tie_before = (score.unsqueeze(1) == score.unsqueeze(2)) & (slot.view(1, 1, k) < slot.view(1, k, 1))
+        rank = (before | tie_before).sum(dim=2)  # [M,K] position of each slot
+        return (rank.unsqueeze(1) == slot.view(1, k, 1)).to(feats.dtype)
 
     def _propose(self, state, aux, aux_src, tgt, c_task, c_modal) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gate values for one auxiliary frame ([M] or [M,h,w]) and the fused state it would give."""

@@ -53,6 +53,7 @@ class MedK2N(nn.Module):
                 PreWeightNet(dim) if switches["preweight"] else None,
                 ThresholdNet(dim, vocab) if switches["threshold"] else None,
                 EffiWeightNet(dim, cfg.eps) if switches["effiweight"] else None,
+                base_by_quality=cfg.base_by_quality,
             )
             if switches["task_memory"]
             else None
@@ -127,7 +128,11 @@ class MedK2N(nn.Module):
             state_error = result.error_map[:, 0].unflatten(0, (-1, n))
             if k > 1:
                 used = gates["accept"][..., None, None] * gates["w_eff"]  # [B,N,K-1,h,w]
-                slot_weights = torch.cat([torch.ones_like(used[:, :, :1]), used], dim=2) * avail[:, None, :, None, None]
+                slot_weights = torch.cat([torch.ones_like(used[:, :, :1]), used], dim=2)
+                if result.order is not None:  # fusion order -> slot order, which the heads' inputs keep
+                    slot_weights = torch.einsum("mik,mi...->mk...", result.order, slot_weights.flatten(0, 1))
+                    slot_weights = slot_weights.unflatten(0, (-1, n))
+                slot_weights = slot_weights * avail[:, None, :, None, None]
         heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, tgt, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,

@@ -281,7 +281,8 @@ def _datasets(cfg: ExperimentConfig, data_dir: Path) -> tuple[SliceDataset, Slic
         targets=cfg.train.targets,
     )
     train_set = SliceDataset(train_cases, augment=cfg.train.augment, seed=cfg.train.seed,
-                             source_artifacts=cfg.train.source_artifacts, **common)
+                             source_artifacts=cfg.train.source_artifacts,
+                             degrade_any_source=cfg.train.degrade_any_source, **common)
     val_set = SliceDataset(val_cases, augment=False, seed=cfg.train.seed + 1, **common)
     if len(train_set) == 0:
         raise DataError(f"{data_dir}: no training slices with brain tissue found")

@@ -131,9 +131,11 @@ def test_split_is_seeded_disjoint_and_skips_incomplete_subjects(phantom, tmp_pat
 @pytest.mark.slow
 def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
     out = tmp_path / "results"
+    # A step budget: the result cannot depend on how loaded the machine is (the wall-clock path,
+    # fit_to_budget, is tested in tests/train/test_loop.py).
     results = run_quality(phantom, 0.05, out, seed=0, progress=lambda _: None, methods=["B5", "unet"],
                           tasks=["flair->adc,dwi"], test_fraction=0.25, export_precisions=("fp32",),
-                          overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}})
+                          overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}}, steps="B5=6,unet=9")
     assert sorted(p.name for p in out.iterdir()) == ["quality.json", "quality.md", "quality.png",
                                                      "quality_examples.png"]
     assert json.loads((out / "quality.json").read_text()) == results
@@ -143,7 +145,9 @@ def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
     for method in ("B5", "unet", "B5:onnx-fp32", "mean-train"):
         for metric in ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim"):
             assert np.isfinite(summary[method][ALL][metric]["mean"]), (method, metric)
-    assert results["methods"]["B5"]["steps"] >= 1 and results["methods"]["unet"]["steps"] >= 1
+    assert results["methods"]["B5"]["steps"] == 6 and results["methods"]["unet"]["steps"] == 9
+    assert results["settings"]["steps"] == {"B5": 6, "unet": 9} and results["settings"]["budget_minutes"] is None
+    assert "a fixed number of steps per method (B5 6, unet 9" in (out / "quality.md").read_text()
     assert results["split"]["test"] and results["machine"]["cpu"] and results["machine"]["device"] == "cpu"
     # The FP32 ONNX export scores like the PyTorch checkpoint it came from.
     drop = results["precision"]["drop"]["flair->adc,dwi"]["fp32"][ALL]["masked_psnr"]["mean"]

@@ -58,3 +58,20 @@ def test_drops_are_paired_per_subject_and_compared():
                              "seed": 0}, split={"test": ["s1", "s2", "s3"]})
     text = markdown(summary)
     assert "| B5 | 10 |" in text and "B5 vs unet (contrast) | 3/3" in text
+
+
+def test_a_step_budget_is_parsed_per_method_and_named_in_the_table():
+    from medk2n.benchmarks.quality import parse_step_budget
+
+    assert parse_step_budget(None, ["B5", "unet"]) is None
+    assert parse_step_budget("300", ["B5", "unet"]) == {"B5": 300, "unet": 300}
+    assert parse_step_budget("B5=1510, unet=2721", ["B5", "unet"]) == {"B5": 1510, "unet": 2721}
+    for bad in ("B5=10", "B5=ten,unet=3", "B5=0,unet=3", "many"):
+        with pytest.raises(ConfigError, match="--steps"):
+            parse_step_budget(bad, ["B5", "unet"])
+    task = Task(("flair", "adc"), ("dwi",))
+    rows = {"B5": {"clean": _rows({"s1": 20.0}), **{k: _rows({"s1": 19.0}) for k in CORRUPTIONS}}}
+    summary = summarise(rows, task, "adc", {"B5": {"steps": 1510}})
+    summary.update(settings={"task": task.key, "corrupted_source": "adc", "preset": "tiny", "budget_minutes": None,
+                             "steps": {"B5": 1510}, "seed": 0}, split={"test": ["s1"]})
+    assert "a fixed step budget per method (B5 1510)" in markdown(summary)

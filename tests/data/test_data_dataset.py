@@ -224,3 +224,21 @@ def test_source_artifacts_degrade_one_auxiliary_source_never_the_base_or_targets
     assert degraded > 0
     with pytest.raises(DataError, match="probability"):
         make(dataset_root, source_artifacts=1.5)
+
+
+def test_degrade_any_source_also_degrades_the_base_and_lone_sources(dataset_root):
+    clean = make(dataset_root, source_artifacts=0.0)
+    faulty = make(dataset_root, source_artifacts=1.0, degrade_any_source=True)
+    base_hit, lone_hit, two_source = 0, 0, 0
+    for i in range(len(clean)):
+        a, b = clean.sample(i, "kton", np.random.default_rng(i)), faulty.sample(i, "kton", np.random.default_rng(i))
+        for key in ("src", "tgt", "avail", "tgt_valid", "target", "mask"):
+            np.testing.assert_array_equal(a[key], b[key])
+        changed = [not np.array_equal(a["x"][s], b["x"][s]) for s in range(len(a["x"]))]
+        assert sum(changed) <= 1 and 0.0 <= b["x"].min() and b["x"].max() <= 1.0  # one source at most
+        if a["avail"][1] == 1:
+            two_source += 1
+            base_hit += int(changed[0])
+        else:
+            lone_hit += int(changed[0])
+    assert base_hit > 0 and lone_hit > 0 and two_source > 0

@@ -17,9 +17,10 @@ K, N = 2, 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["medk2n", "unet"])
-def test_onnx_export_matches_pytorch(make_model, make_inputs, tmp_path, arch):
-    model = make_model(arch=arch, lora_rank=4).eval()
+@pytest.mark.parametrize("arch,ordered", [("medk2n", False), ("medk2n", True), ("unet", False)],
+                         ids=["medk2n", "medk2n-base-by-quality", "unet"])
+def test_onnx_export_matches_pytorch(make_model, make_inputs, tmp_path, arch, ordered):
+    model = make_model(arch=arch, lora_rank=4, base_by_quality=ordered).eval()
     with torch.no_grad():  # as after training: adapters, fusion update and FiLMs are non-zero
         for name, p in model.named_parameters():
             if "lora_B" in name or "shared.out.weight" in name or "film" in name:
