@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import time
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -102,6 +104,8 @@ class TritonRunner(Runner):
         self._client: Any = None
         self.config: dict[str, Any] = {}
         self._metadata: dict[str, Any] = {}
+        # (rows, seconds from send to answer) of the latest requests: per-slice latency for benchmarks.
+        self.request_times: deque[tuple[int, float]] = deque(maxlen=100_000)
 
     def _activate(self) -> None:
         self._grpc, self._error = import_client()
@@ -177,7 +181,9 @@ class TritonRunner(Runner):
         spans = split_rows(rows, self.requests_per_call, self.max_batch_size)
         outputs = [t["name"] for t in self._metadata.get("outputs", [])]
         done: queue.SimpleQueue = queue.SimpleQueue()
+        sent = []
         for i, (lo, hi) in enumerate(spans):
+            sent.append(time.perf_counter())
             self._client.async_infer(
                 self.server.model, self._inputs(feed, lo, hi), partial(_collect, done, i),
                 outputs=[self._grpc.InferRequestedOutput(name) for name in outputs],
@@ -185,7 +191,8 @@ class TritonRunner(Runner):
         results: dict[int, dict[str, np.ndarray]] = {}
         failure: BaseException | None = None
         for _ in spans:  # every callback comes: the request timeout bounds each one
-            i, result, error = done.get()
+            i, result, error, answered = done.get()
+            self.request_times.append((spans[i][1] - spans[i][0], answered - sent[i]))
             if error is not None:
                 failure = failure or error
                 continue
@@ -211,7 +218,7 @@ class TritonRunner(Runner):
 
 
 def _collect(done: queue.SimpleQueue, index: int, result: Any, error: Any) -> None:
-    done.put((index, result, error))
+    done.put((index, result, error, time.perf_counter()))
 
 
 def split_rows(rows: int, parts: int, largest: int) -> list[tuple[int, int]]:

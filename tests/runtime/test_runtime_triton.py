@@ -9,12 +9,10 @@ non-zero exit and no output.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -23,8 +21,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from runtime_fixtures import make_bundle, write_case
-from triton_fixtures import ServerProcess, free_ports, served, start_server  # noqa: F401 - fixture
+from triton_fixtures import local_server, served  # noqa: F401 - fixture
 
+from medk2n.benchmarks.triton_local import LocalServer, free_ports, server_counts
 from medk2n.errors import MedK2NError
 from medk2n.runtime.cli import command
 from medk2n.runtime.synthesizer import Synthesizer
@@ -41,10 +40,9 @@ def run(*args: object) -> Result:
     return CliRunner().invoke(command, [str(a) for a in args])
 
 
-def inference_count(server: ServerProcess) -> int:
+def inference_count(server: LocalServer) -> int:
     """Rows the server's model has run (Triton's nv_inference_count metric)."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    return sum(int(float(v)) for v in re.findall(r'^nv_inference_count\{model="medk2n".*\} (\S+)$', text, re.M))
+    return server_counts(server.metrics_url)[0]
 
 
 def write_cases(root: Path) -> dict[str, Path]:
@@ -158,7 +156,7 @@ def test_a_server_holding_another_model_is_refused_by_hash(tmp_path: Path, serve
 
 
 @pytest.fixture(scope="module")
-def fault_server(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fault_server(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """The same model without medk2n's sha256 parameter (a repository not written by medk2n), failing
     every model execution after the first."""
     _, repo, _ = served
@@ -167,12 +165,11 @@ def fault_server(served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     config = root / "repo" / "medk2n" / "config.pbtxt"
     config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
                               if not line.startswith("parameters")))
-    server = start_server(root / "repo", root, "--fail-after", "1")
-    yield server
-    server.stop()
+    with local_server(root / "repo", root, "--fail-after", "1") as server:
+        yield server
 
 
-def test_model_io_differing_from_the_manifest_is_one_line(tmp_path: Path, fault_server: ServerProcess) -> None:
+def test_model_io_differing_from_the_manifest_is_one_line(tmp_path: Path, fault_server: LocalServer) -> None:
     legacy = make_bundle(tmp_path / "legacy", k=2, n=4, legacy=True)  # outputs "confidence", not "scale"
     case = write_case(tmp_path / "case")
     out = tmp_path / "out"
@@ -180,7 +177,7 @@ def test_model_io_differing_from_the_manifest_is_one_line(tmp_path: Path, fault_
     assert_one_line_failure(result, out, "triton model 'medk2n'", "differ from the manifest")
 
 
-def test_server_error_mid_case_leaves_no_output(tmp_path: Path, served, fault_server: ServerProcess) -> None:
+def test_server_error_mid_case_leaves_no_output(tmp_path: Path, served, fault_server: LocalServer) -> None:
     bundle, _, _ = served
     case = write_case(tmp_path / "case")
     out = tmp_path / "out"
@@ -220,3 +217,24 @@ def test_the_server_address_is_checked_before_any_connection() -> None:
         TritonServer("localhost")
     with pytest.raises(MedK2NError, match="in_flight"):
         TritonServer("localhost:8001", in_flight=0)
+
+
+def test_bench_serve_measures_clients_against_the_server(tmp_path: Path, served) -> None:
+    from medk2n.benchmarks.serve import ServeOptions, run_serve
+    from medk2n.benchmarks.serve_report import write_serve
+
+    bundle, _, server = served
+    for name in ("a", "b"):
+        write_case(tmp_path / "data" / name)
+    opts = ServeOptions(bundle=bundle, data=tmp_path / "data", sources=["t2", "flair"], targets=["t1", "dwi"],
+                        clients=[1, 2], volumes_per_client=1, url=server.url, metrics_url=server.metrics_url)
+    results = run_serve(opts)
+    assert [r["clients"] for r in results["rows"]] == [1, 2]
+    for row in results["rows"]:
+        assert row["volumes"] == row["clients"] and row["slices"] > 0 and row["slices_per_s"] > 0
+        assert row["requests"] >= 1 and row["mean_server_batch"] >= 1
+        assert 0 < row["slice_p50_ms"] <= row["slice_p95_ms"] and row["volume_p50_ms"] <= row["volume_p95_ms"]
+    assert results["local_cpu"]["slices"] == results["rows"][0]["slices"]
+    paths = write_serve(results, tmp_path / "results")
+    assert [p.name for p in paths] == ["serve.json", "serve.md", "serve.png"]
+    assert "| 2 | 2 |" in paths[1].read_text()
