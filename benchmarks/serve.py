@@ -19,6 +19,7 @@ Without `--url`, the bundle is served here by PyTriton's tritonserver
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from medk2n.benchmarks.machine import machine_stamp
 from medk2n.benchmarks.triton_local import server_counts, start_server
 from medk2n.data.cases import discover_dataset, load_case
 from medk2n.errors import ConfigError
+from medk2n.runtime.bundle import load_bundle
 from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.synthesizer import Synthesizer
 from medk2n.runtime.triton import TritonServer
@@ -57,6 +59,7 @@ class ServeOptions:
 
 
 def run_serve(opts: ServeOptions, progress: Callable[[str], None] = lambda _: None) -> dict:
+    load = os.getloadavg()[0]  # the machine may be shared: the numbers travel with how busy it was
     volumes = _load_volumes(opts)
     with ExitStack() as stack:
         url, metrics_url = opts.url, opts.metrics_url
@@ -74,7 +77,8 @@ def run_serve(opts: ServeOptions, progress: Callable[[str], None] = lambda _: No
             rows.append(row)
     local = _local_reference(opts, volumes)
     progress(f"local cpu, 1 client: {local['slices_per_s']:.1f} slices/s")
-    return {"settings": _settings(opts, url), "rows": rows, "local_cpu": local, "machine": machine_stamp()}
+    settings = {**_settings(opts, url, volumes), "load_avg_1m_at_start": round(load, 2)}
+    return {"settings": settings, "rows": rows, "local_cpu": local, "machine": machine_stamp()}
 
 
 def _load_volumes(opts: ServeOptions) -> list[tuple[str, dict]]:
@@ -162,8 +166,20 @@ def _local_reference(opts: ServeOptions, volumes: list) -> dict:
             "volume_p50_ms": float(np.percentile(volume_ms, 50))}
 
 
-def _settings(opts: ServeOptions, url: str) -> dict:
-    return {"bundle": str(opts.bundle), "data": str(opts.data), "sources": opts.sources, "targets": opts.targets,
+def describe_bundle(path: Path) -> str:
+    """`demo-model (hiera_micro, 64 px), K=2 N=4 fp32, batch 1:8:16`: what was served, not where it lay."""
+    m = load_bundle(path).manifest
+    source = m.source or {}
+    model = (source.get("config") or {}).get("model") or {}
+    b = m.batch
+    return (f"{source.get('checkpoint', path.name)} ({model.get('encoder', '?')}, {m.image_size} px), K={m.k} N={m.n} "
+            f"{m.precision}, batch {b['min']}:{b['opt']}:{b['max']}")
+
+
+def _settings(opts: ServeOptions, url: str, volumes: list) -> dict:
+    return {"bundle": describe_bundle(opts.bundle), "data": str(opts.data),
+            "cases": [[name, list(next(iter(vols.values()))[0].shape)] for name, vols in volumes],
+            "sources": opts.sources, "targets": opts.targets,
             "clients": opts.clients, "volumes_per_client": opts.volumes_per_client, "batch_size": opts.batch_size,
             "in_flight": opts.in_flight, "server": "local PyTriton stand-in" if opts.url is None else url,
             "server_threads": opts.server_threads if opts.url is None else None}

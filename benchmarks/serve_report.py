@@ -10,16 +10,25 @@ from medk2n.benchmarks.plots import save_figure
 from medk2n.fsutil import write_atomic
 
 
+def setup(s: dict) -> str:
+    """One paragraph: what was served, what was asked, by whom, on how busy a machine."""
+    volumes = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in s.get("cases", []))
+    batch = f"batch {s['batch_size']} per request" if s["batch_size"] else "the bundle's opt batch per request"
+    threads = f" ({s['server_threads']} ONNX Runtime threads)" if s.get("server_threads") else ""
+    load = s.get("load_avg_1m_at_start")
+    load = f" The 1-minute load average was {load} at the start." if load is not None else ""
+    return (f"Bundle: {s['bundle']}. Request {','.join(s['sources'])} -> {','.join(s['targets'])} on "
+            f"{len(s.get('cases', []))} volumes ({volumes}) cycled over the clients, {s['volumes_per_client']} per "
+            f"client; {s['in_flight']} requests in flight per client, {batch}. Server: {s['server']}{threads}. "
+            f"Clients are threads of one process; volumes are read before timing.{load}")
+
+
 def markdown(results: dict) -> str:
     s, local = results["settings"], results["local_cpu"]
     lines = [
         "# Serving on Triton: concurrent clients against one server",
         "",
-        f"Bundle `{s['bundle']}`, request {','.join(s['sources'])} -> {','.join(s['targets'])}, "
-        f"{s['volumes_per_client']} volume(s) per client, {s['in_flight']} requests in flight per client"
-        f"{', batch ' + str(s['batch_size']) if s['batch_size'] else ' (bundle opt batch per request)'}. "
-        f"Server: {s['server']}" + (f" ({s['server_threads']} ONNX Runtime thread(s))" if s.get("server_threads") else "")
-        + ". Clients are threads of one process; volumes are read before timing.",
+        setup(s),
         "",
         "| clients | volumes | slices | slices/s | slice p50 ms | slice p95 ms | volume p50 ms | volume p95 ms "
         "| mean server batch |",

@@ -7,7 +7,8 @@ repository is written from it alone:
 
     REPO/<model>/config.pbtxt             platform, max_batch_size, I/O, dynamic batching, instances
     REPO/<model>/<version>/model.onnx     (or model.plan): the bundle's file, byte for byte
-    REPO/<model>/<version>/manifest.json  the bundle's manifest: vocabulary, normalisation, hashes
+    REPO/<model>/<version>/manifest.json  the bundle's manifest (and manifest.sha256): vocabulary,
+                                          normalisation, hashes
 
 `config.pbtxt` also carries the served file's sha256 and precision as model
 parameters, so `medk2n-run --backend triton` can check that the server holds
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from medk2n.errors import ExportError
 from medk2n.fsutil import make_temp_dir, swap_in_dir
-from medk2n.manifest import MANIFEST_NAME, ModelFile, TensorSpec, sha256_file
+from medk2n.manifest import MANIFEST_HASH_NAME, MANIFEST_NAME, ModelFile, TensorSpec, sha256_file
 from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.triton import FILE_PARAMETER, PRECISION_PARAMETER, SHA256_PARAMETER
 
@@ -77,7 +78,9 @@ def write_repository(options: TritonOptions) -> Path:
         shutil.copyfile(bundle.model_path(model), served)
         if sha256_file(served) != bundle.sha256(model):
             raise ExportError(f"{served}: the copy of {model.file} does not match the manifest's sha256")
-        shutil.copyfile(bundle.path / MANIFEST_NAME, version / MANIFEST_NAME)
+        for name in (MANIFEST_NAME, MANIFEST_HASH_NAME):  # bundles older than manifest.sha256 have none
+            if (bundle.path / name).exists():
+                shutil.copyfile(bundle.path / name, version / name)
         (tmp / "config.pbtxt").write_text(text)
         swap_in_dir(tmp, final)
     except BaseException:
