@@ -9,6 +9,7 @@ non-zero exit and no output.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from runtime_fixtures import make_bundle, write_case
-from triton_fixtures import local_server, served  # noqa: F401 - fixture
+from triton_fixtures import local_server
 
 from medk2n.benchmarks.triton_local import LocalServer, free_ports, server_counts
-from medk2n.errors import MedK2NError
+from medk2n.errors import BundleError, MedK2NError, RunFault
+from medk2n.manifest import hash_bundle_files
+from medk2n.runtime.bundle import load_bundle
 from medk2n.runtime.cli import command
 from medk2n.runtime.synthesizer import Synthesizer
-from medk2n.runtime.triton import TritonServer, split_rows
+from medk2n.runtime.triton import TritonRunner, TritonServer, split_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("triton")]
 
@@ -238,3 +241,49 @@ def test_bench_serve_measures_clients_against_the_server(tmp_path: Path, served)
     paths = write_serve(results, tmp_path / "results")
     assert [p.name for p in paths] == ["serve.json", "serve.md", "serve.png"]
     assert "| 2 | 2 |" in paths[1].read_text()
+
+
+def runner_serving(parameters: dict) -> TritonRunner:
+    """A runner whose served config carries `parameters` (no server needed for check_serves / _fault)."""
+    runner = TritonRunner(TritonServer("127.0.0.1:1"))
+    runner.config = {"parameters": {k: {"string_value": v} for k, v in parameters.items()}}
+    return runner
+
+
+def test_the_served_file_is_named_when_it_is_another_precision_of_the_bundle(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "bundle")
+    (folder / "model.int8.onnx").write_bytes((folder / "model.onnx").read_bytes() + b" ")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["models"].append({"file": "model.int8.onnx", "format": "onnx", "precision": "int8"})
+    manifest["files"] = hash_bundle_files(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    bundle = load_bundle(folder)
+    fp32 = bundle.model("onnx", "fp32")
+    runner_serving({"medk2n_sha256": bundle.sha256(fp32)}).check_serves(bundle, fp32)  # the same file: fine
+    runner_serving({}).check_serves(bundle, fp32)  # not written by medk2n: tensor check only
+    int8 = bundle.model("onnx", "int8")
+    with pytest.raises(BundleError, match=r"serves model.int8.onnx \(int8\) of .*, not model.onnx \(fp32\): "
+                                          r"pass --precision int8"):
+        runner_serving({"medk2n_sha256": bundle.sha256(int8)}).check_serves(bundle, fp32)
+
+
+class FakeError(Exception):
+    def __init__(self, status: str, text: str) -> None:
+        super().__init__(text)
+        self._status, self._text = status, text
+
+    def status(self) -> str:
+        return self._status
+
+    def message(self) -> str:
+        return self._text
+
+
+def test_a_server_gone_mid_run_stops_the_run_and_a_server_error_fails_the_case() -> None:
+    runner = runner_serving({})
+    gone = runner._fault(FakeError("StatusCode.UNAVAILABLE", "failed to connect to all addresses"))
+    assert isinstance(gone, RunFault) and "server lost mid-run (failed to connect to all addresses)" in str(gone)
+    failed = runner._fault(FakeError("StatusCode.INTERNAL", "Model execute error: Traceback (most recent call "
+                                     "last):\n  File \"m.py\", line 1\nValueError: bad rows\n\nAt:\n  m.py(1)"))
+    assert not isinstance(failed, RunFault)
+    assert str(failed).endswith("server error: Model execute error: ValueError: bad rows")
