@@ -181,13 +181,16 @@ class TritonRunner(Runner):
         spans = split_rows(rows, self.requests_per_call, self.max_batch_size)
         outputs = [t["name"] for t in self._metadata.get("outputs", [])]
         done: queue.SimpleQueue = queue.SimpleQueue()
-        sent = []
+        sent: list[float] = []
         for i, (lo, hi) in enumerate(spans):
             sent.append(time.perf_counter())
-            self._client.async_infer(
-                self.server.model, self._inputs(feed, lo, hi), partial(_collect, done, i),
-                outputs=[self._grpc.InferRequestedOutput(name) for name in outputs],
-                client_timeout=self.server.request_timeout_s)
+            try:
+                self._client.async_infer(
+                    self.server.model, self._inputs(feed, lo, hi), partial(_collect, done, i),
+                    outputs=[self._grpc.InferRequestedOutput(name) for name in outputs],
+                    client_timeout=self.server.request_timeout_s)
+            except self._error as exc:  # requests already sent answer into a queue nobody reads: harmless
+                raise self._fault(exc) from None
         results: dict[int, dict[str, np.ndarray]] = {}
         failure: BaseException | None = None
         for _ in spans:  # every callback comes: the request timeout bounds each one
@@ -199,6 +202,10 @@ class TritonRunner(Runner):
             results[i] = {name: result.as_numpy(name) for name in outputs}
         if failure is not None:
             raise self._fault(failure)
+        for i, (lo, hi) in enumerate(spans):
+            short = [name for name in outputs if results[i][name] is None or len(results[i][name]) != hi - lo]
+            if short:
+                raise MedK2NError(f"{self.name}: answered {short[0]!r} without {hi - lo} rows")
         return {name: np.concatenate([results[i][name] for i in range(len(spans))]) for name in outputs}
 
     def _inputs(self, feed: dict[str, np.ndarray], lo: int, hi: int) -> list[Any]:
