@@ -92,17 +92,18 @@ def test_two_tasks_sharing_one_server_write_what_the_cpu_backend_writes(tmp_path
 
 
 def test_medk2n_run_backend_triton_writes_the_cpu_backends_nifti(tmp_path: Path, served) -> None:
-    bundle, _, server = served
+    bundle, repo, server = served
     cases = write_cases(tmp_path / "in")
     sources, targets, _ = TASKS["case24"]
-    common = [bundle, cases["case24"], "--sources", ",".join(sources), "--targets", ",".join(targets)]
-    # The served run is a real console process, as a user runs it.
-    proc = subprocess.run([sys.executable, "-m", "medk2n.runtime.cli", *map(str, common), "--out",
-                           str(tmp_path / "served"), "--backend", "triton", "--url", server.url],
+    request = [cases["case24"], "--sources", ",".join(sources), "--targets", ",".join(targets)]
+    # The served run is a real console process, as a user runs it, and its bundle is the repository's
+    # version folder: a one-model bundle's file and manifest are all a client needs.
+    proc = subprocess.run([sys.executable, "-m", "medk2n.runtime.cli", str(repo / "medk2n" / "1"), *map(str, request),
+                           "--out", str(tmp_path / "served"), "--backend", "triton", "--url", server.url],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "backend: triton (model.onnx, fp32): model 'medk2n' on" in proc.stdout
-    local = run(*common, "--out", tmp_path / "local", "--backend", "cpu")
+    local = run(bundle, *request, "--out", tmp_path / "local", "--backend", "cpu")
     assert local.exit_code == 0, local.output
     assert_same_outputs(tmp_path / "served" / "case24", tmp_path / "local" / "case24")
 
