@@ -92,7 +92,8 @@ def backend_chain(backend: str, bundle: Bundle, precision: str | None = None,
         raise MedK2NError("a Triton server address (--url HOST:PORT) goes with --backend triton, and only with it")
     precision = precision or bundle.manifest.precision
     if backend == "triton":
-        served = bundle.model("onnx", precision) or _require(bundle, "trt-plan", precision)
+        served = bundle.model("onnx", precision) or bundle.model("trt-plan", precision) or _require(
+            bundle, "onnx", precision)  # which of the bundle's files the server must hold (checked by sha256)
         return [BackendChoice("triton", served, f"model {server.model!r} on {server.url}", server)]
     if backend == "auto":
         return _auto_chain(bundle, precision)
@@ -145,9 +146,9 @@ def _require(bundle: Bundle, fmt: str, precision: str) -> ModelFile:
 
 def make_runner(choice: BackendChoice, bundle: Bundle, threads: int | None = None) -> Runner:
     """An inactive runner for `choice`."""
-    path = bundle.model_path(choice.model)
     if choice.server is not None:
         return TritonRunner(choice.server)
+    path = bundle.model_path(choice.model)
     if choice.backend == "trt-plan":
         return TrtPlanRunner(path, choice.model.trt_version, choice.model.compute_capability)
     providers: list[Provider] = ["CPUExecutionProvider"]
