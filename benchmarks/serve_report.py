@@ -69,6 +69,8 @@ def chart(results: dict, path: Path) -> None:
     twin = left.twinx()
     twin.plot(clients, [r["mean_server_batch"] for r in rows], "s:", color="tab:orange", label="mean server batch")
     twin.set_ylabel("mean server batch", color="tab:orange")
+    left.set_ylim(bottom=0)  # from zero: differences within the noise must not look like steps
+    twin.set_ylim(bottom=0)
     left.legend(loc="upper left", fontsize=7)
     right.plot(clients, [r["slice_p50_ms"] for r in rows], "o-", label="slice p50")
     right.plot(clients, [r["slice_p95_ms"] for r in rows], "o--", label="slice p95")
