@@ -1,5 +1,6 @@
 # Two commands for a fresh machine:  `make demo`  and  `make test`.
-# Everything installs into ./.venv (full) and ./.venv-base (runtime only, no torch).
+# Everything installs into ./.venv (full), ./.venv-base (runtime only, no torch) and, for the Triton
+# tests, ./.venv-triton (the server side: PyTriton's tritonserver).
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,6 +18,15 @@ PYTEST_ARGS ?=
 # pytest-xdist workers: the suite is mostly independent training/export round trips.
 PYTEST_WORKERS ?= auto
 
+# The Triton tests serve a bundle with the tritonserver inside the nvidia-pytriton wheel. Its Python
+# backend stub loads the shared libpython of the interpreter it runs under: pyenv builds have none
+# (the stub fails), Debian's python3.11 has one. So the server gets its own venv from that Python;
+# where it is missing, the Triton tests skip and say why (CI requires them: .ci/run).
+TRITON_PYTHON ?= /usr/bin/python3.11
+TRITON_VENV := .venv-triton
+TRITON_SERVER_SPEC ?= nvidia-pytriton==0.7.0 'onnxruntime>=1.17'
+TRITON_DEPS := $(if $(wildcard $(TRITON_PYTHON)),$(TRITON_VENV)/.installed)
+
 .PHONY: demo demo-train demo-results test install clean FORCE
 
 install: $(VENV)/.installed
@@ -29,14 +39,21 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# sam2 builds against the installed torch; build isolation would fetch a
 	# second (CUDA) torch just to compile an optional extension we skip.
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation $(SAM2_SPEC)
-	@echo "[install] $(VENV): medk2n (editable) with the train, export and dev extras"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[train,export,$(ORT_EXTRA),dev]"
+	@echo "[install] $(VENV): medk2n (editable) with the train, export, triton and dev extras"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[train,export,$(ORT_EXTRA),triton,dev]"
 	touch $@
 
 $(BASE_VENV)/.installed: setup.cfg pyproject.toml
 	@echo "[install] $(BASE_VENV): medk2n's runtime alone, .[cpu] (numpy, nibabel, onnxruntime; no torch)"
 	$(PYTHON) -m venv $(BASE_VENV)
 	$(BASE_VENV)/bin/pip install --quiet --disable-pip-version-check ".[$(ORT_EXTRA)]"
+	touch $@
+
+$(TRITON_VENV)/.installed: Makefile
+	@echo "[install] $(TRITON_VENV): $(TRITON_SERVER_SPEC) under $(TRITON_PYTHON), the Triton tests' server"
+	rm -rf $(TRITON_VENV)
+	$(TRITON_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet --disable-pip-version-check $(TRITON_SERVER_SPEC)
 	touch $@
 
 # The demo walks the whole product on phantom data: generate -> check -> export the shipped demo
@@ -138,8 +155,11 @@ demo-results: $(DEMO)/eval/metrics.json
 	$(BIN)/medk2n-bench demo $(DEMO)/eval/metrics.json --out benchmarks/results
 	$(BIN)/medk2n-bench readme
 
-test: $(VENV)/.installed $(BASE_VENV)/.installed
-	MEDK2N_BASE_PYTHON=$(CURDIR)/$(BASE_VENV)/bin/python $(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+# --dist loadgroup keeps the Triton tests (xdist_group "triton") on one worker, so one server serves them.
+test: $(VENV)/.installed $(BASE_VENV)/.installed $(TRITON_DEPS)
+	MEDK2N_BASE_PYTHON=$(CURDIR)/$(BASE_VENV)/bin/python \
+	$(if $(TRITON_DEPS),MEDK2N_TRITON_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python) \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BASE_VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(BASE_VENV) $(TRITON_VENV) $(DEMO) build *.egg-info

@@ -23,7 +23,7 @@ def _progress(message: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
-    """Benchmarks whose results the README quotes: latency, quality, readme."""
+    """Benchmarks whose results the README quotes: latency, quality, serve, readme."""
 
 
 @cli.command()
@@ -152,6 +152,49 @@ def preprocess(data: Path, sources: str, size: int, cases: int, repeats: int, ou
         results = run_preprocess(data, names, size, cases, repeats, progress=_progress)
         write_outputs(results, out)
         click.echo(markdown(results))
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder the clients synthesise.")
+@click.option("--task", default="flair,adc:dwi,t2,t1,pd", show_default=True, help="SOURCES:TARGETS of every request.")
+@click.option("--clients", default="1,2,4,8", show_default=True, help="Comma-separated numbers of concurrent clients.")
+@click.option("--volumes-per-client", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--cases", type=click.IntRange(min=1), default=4, show_default=True, help="Distinct volumes to cycle.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Slices per request [default: bundle opt].")
+@click.option("--in-flight", type=click.IntRange(min=1), default=4, show_default=True, help="Requests in flight per client.")
+@click.option("--url", default=None, metavar="HOST:PORT", help="A running server's gRPC address [default: serve here].")
+@click.option("--metrics-url", default=None, help="With --url: its Prometheus endpoint, e.g. http://host:8002/metrics.")
+@click.option("--model", default="medk2n", show_default=True, help="Model name on the server.")
+@click.option("--server-python", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Without --url: the Python that runs PyTriton's server [default: $MEDK2N_TRITON_PYTHON or "
+                   ".venv-triton/bin/python].")
+@click.option("--server-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Without --url: ONNX Runtime threads of the served model.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def serve(bundle: Path, data: Path, task: str, clients: str, volumes_per_client: int, cases: int,
+          batch_size: int | None, in_flight: int, url: str | None, metrics_url: str | None, model: str,
+          server_python: Path | None, server_threads: int, out: Path, debug: bool) -> None:
+    """Concurrent clients against one Triton server: slices/s, slice and volume latency, mean server batch."""
+
+    def body() -> int:
+        from medk2n.benchmarks.serve import ServeOptions, parse_clients, run_serve, sources_targets
+        from medk2n.benchmarks.serve_report import markdown, write_serve
+
+        sources, targets = sources_targets(task)
+        python = server_python or Path(os.environ.get("MEDK2N_TRITON_PYTHON") or ".venv-triton/bin/python")
+        opts = ServeOptions(bundle=bundle, data=data, sources=sources, targets=targets, clients=parse_clients(clients),
+                            volumes_per_client=volumes_per_client, cases=cases, batch_size=batch_size,
+                            in_flight=in_flight, url=url, metrics_url=metrics_url, model=model,
+                            server_python=None if url else python, server_threads=server_threads)
+        results = run_serve(opts, progress=_progress)
+        click.echo(markdown(results))
+        for path in write_serve(results, out):
+            click.echo(f"wrote {path}")
         return 0
 
     run_cli(body, debug)

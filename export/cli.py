@@ -1,8 +1,14 @@
-"""`medk2n-export`: checkpoint folder -> verified bundle (thin CLI over `export_bundle`)."""
+"""`medk2n-export`: checkpoint folder -> verified bundle (thin CLI over `export_bundle`), and
+`medk2n-export triton`: verified bundle -> Triton model repository (over `write_repository`).
+
+The repository verb is dispatched by the first argument rather than through a click group, so
+`medk2n-export CHECKPOINT --k ...` keeps working unchanged (a checkpoint folder literally named
+`triton` is given as `./triton`)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +43,10 @@ from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS
 @debug_option
 def cli(checkpoint_dir: Path, k: int, n: int, engine: str, precision: str, size: int | None, calib: Path | None,
          calib_slices: int, heldout: Path | None, calib_tasks: tuple[str, ...], batch: str, opset: int, force: bool, overwrite: bool, out: Path, debug: bool) -> None:
-    """Export CHECKPOINT_DIR to a bundle: ONNX (FP32/FP16/INT8) [+ TensorRT plan] + manifest.json."""
+    """Export CHECKPOINT_DIR to a bundle: ONNX (FP32/FP16/INT8) [+ TensorRT plan] + manifest.json.
+
+    `medk2n-export triton BUNDLE --out REPO` then writes a Triton model repository from the bundle
+    (see `medk2n-export triton -h`)."""
 
     def body() -> int:
         from medk2n.export.exporter import ExportOptions, export_bundle
@@ -59,9 +68,51 @@ def cli(checkpoint_dir: Path, k: int, n: int, engine: str, precision: str, size:
     run_cli(body, debug)
 
 
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Model repository folder (created if needed; other models in it are left alone).")
+@click.option("--model", "model_name", default="medk2n", show_default=True, help="Model name on the server.")
+@click.option("--version", type=click.IntRange(min=1), default=1, show_default=True, help="Model version folder.")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt-plan"]), default="onnx", show_default=True,
+              help="onnx: Triton's ONNX Runtime backend; trt-plan: its TensorRT backend (the plan must have "
+                   "been built for the serving GPU and TensorRT version).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Which of the bundle's models to serve [default: the manifest's precision].")
+@click.option("--kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Instance group kind.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances per device.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="How long the dynamic batcher may hold a request to fill a preferred batch.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing REPO/<model> folder.")
+@debug_option
+def triton_cli(bundle: Path, out: Path, model_name: str, version: int, fmt: str, precision: str | None, kind: str,
+               instances: int, max_queue_delay_us: int, overwrite: bool, debug: bool) -> None:
+    """Write a Triton model repository from the verified bundle at BUNDLE: REPO/<model>/config.pbtxt,
+    REPO/<model>/<version>/model.onnx (or model.plan) and the bundle's manifest.json beside it."""
+
+    def body() -> int:
+        from medk2n.export.triton_repo import TritonOptions, write_repository
+
+        folder = write_repository(TritonOptions(
+            bundle=bundle, out=out, model_name=model_name, version=version, format=fmt, precision=precision,
+            kind=kind, instances=instances, max_queue_delay_us=max_queue_delay_us, overwrite=overwrite))
+        click.echo(f"model repository: {out} (model {model_name!r}, version {version})")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            click.echo(f"  {path.relative_to(out)}")
+        return 0
+
+    run_cli(body, debug)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point `medk2n-export`."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="medk2n-export")
+    """Console entry point `medk2n-export` (and its `triton` verb)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["triton"]:
+        triton_cli.main(args=args[1:], prog_name="medk2n-export triton")
+    else:
+        cli.main(args=args, prog_name="medk2n-export")
 
 
 if __name__ == "__main__":

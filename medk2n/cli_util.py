@@ -19,6 +19,7 @@ EXTRAS = {
     "torch": "train", "sam2": "train", "safetensors": "train", "yaml": "train", "tensorboard": "train",
     "sentence_transformers": "train", "onnx": "export", "onnxscript": "export", "polygraphy": "export",
     "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt", "onnxruntime": "cpu",
+    "tritonclient": "triton",
 }
 
 

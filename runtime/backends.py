@@ -1,5 +1,8 @@
 """Choose a backend and build its runner.
 
+`triton` sends the slices to a model on a Triton Inference Server
+(runtime/triton.py); `auto` never picks it, since it needs an address.
+
 `auto` walks the chain users expect (DESIGN.md "Runtime"): the bundle's
 TensorRT plan when `tensorrt` is importable, then ONNX Runtime's TensorRT
 execution provider, then CUDA, then CPU, judged from what this onnxruntime
@@ -24,10 +27,11 @@ from medk2n.manifest import ModelFile
 from medk2n.runtime.bundle import Bundle
 from medk2n.runtime.runners import INT8_DISABLED_OPTIMIZERS, OrtRunner, Provider, Runner
 from medk2n.runtime.trt_plan import TrtPlanRunner, import_tensorrt
+from medk2n.runtime.triton import TritonRunner, TritonServer
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-plan")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "trt-plan", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
 ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # FP32 references are compared without TF32 rounding (CUDA EP defaults use_tf32=1).
@@ -70,19 +74,27 @@ def ort_conflict_note() -> str | None:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # cpu | cuda | tensorrt | trt-plan
+    backend: str  # cpu | cuda | tensorrt | trt-plan | triton
     model: ModelFile
     reason: str
+    server: TritonServer | None = None  # triton only
 
     def describe(self) -> str:
         return f"{self.backend} ({self.model.file}, {self.model.precision}): {self.reason}"
 
 
-def backend_chain(backend: str, bundle: Bundle, precision: str | None = None) -> list[BackendChoice]:
+def backend_chain(backend: str, bundle: Bundle, precision: str | None = None,
+                  server: TritonServer | None = None) -> list[BackendChoice]:
     """Candidates in preference order; a named backend gives one or a clear error."""
     if backend not in BACKENDS:
         raise MedK2NError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if (backend == "triton") != (server is not None):
+        raise MedK2NError("a Triton server address (--url HOST:PORT) goes with --backend triton, and only with it")
     precision = precision or bundle.manifest.precision
+    if backend == "triton":
+        served = bundle.model("onnx", precision) or bundle.model("trt-plan", precision) or _require(
+            bundle, "onnx", precision)  # which of the bundle's files the server must hold (checked by sha256)
+        return [BackendChoice("triton", served, f"model {server.model!r} on {server.url}", server)]
     if backend == "auto":
         return _auto_chain(bundle, precision)
     if backend == "trt-plan":
@@ -134,6 +146,8 @@ def _require(bundle: Bundle, fmt: str, precision: str) -> ModelFile:
 
 def make_runner(choice: BackendChoice, bundle: Bundle, threads: int | None = None) -> Runner:
     """An inactive runner for `choice`."""
+    if choice.server is not None:
+        return TritonRunner(choice.server)
     path = bundle.model_path(choice.model)
     if choice.backend == "trt-plan":
         return TrtPlanRunner(path, choice.model.trt_version, choice.model.compute_capability)
@@ -160,17 +174,20 @@ def open_runner(chain: list[BackendChoice], bundle: Bundle, threads: int | None 
 def _started(choice: BackendChoice, bundle: Bundle, threads: int | None) -> Runner:
     runner = make_runner(choice, bundle, threads)
     runner.activate()
-    if hasattr(runner, "io_signature"):
-        try:
-            check_graph_io(runner.io_signature(), bundle, bundle.model_path(choice.model))
-        except BundleError:
-            runner.deactivate()
-            raise
+    try:
+        if isinstance(runner, TritonRunner):
+            runner.check_serves(bundle, choice.model)
+        if hasattr(runner, "io_signature"):
+            where = runner.name if isinstance(runner, TritonRunner) else bundle.model_path(choice.model)
+            check_graph_io(runner.io_signature(), bundle, where)
+    except BundleError:
+        runner.deactivate()
+        raise
     log.info("backend: %s", choice.describe())
     return runner
 
 
-def check_graph_io(signature: dict[str, tuple[str, list]], bundle: Bundle, path: Path) -> None:
+def check_graph_io(signature: dict[str, tuple[str, list]], bundle: Bundle, path: Path | str) -> None:
     """The model's own inputs and outputs must be the manifest's: names, dtypes, ranks and static dims.
 
     A manifest that disagrees with its graph would otherwise surface as a raw ONNX Runtime error at

@@ -30,6 +30,7 @@ try:  # ONNX Runtime and nibabel take seconds to import: Ctrl-C then is one line
     from medk2n.runtime.backends import BACKENDS, PRECISIONS, ort_conflict_note
     from medk2n.runtime.pipeline import CaseReport, run_cases, write_run_json
     from medk2n.runtime.synthesizer import Synthesizer
+    from medk2n.runtime.triton import TritonServer
     from medk2n.runtime.uncertainty import DEFAULT_COVERAGE
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
@@ -56,7 +57,13 @@ def _names(text: str) -> list[str]:
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder; each case goes to OUT/<case>/ (with -i: OUT/ itself, which must not exist).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto: TensorRT plan -> ORT TensorRT EP -> ORT CUDA -> ORT CPU, whichever runs here.")
+              help="auto: TensorRT plan -> ORT TensorRT EP -> ORT CUDA -> ORT CPU, whichever runs here; "
+                   "triton: the model on a Triton server (--url).")
+@click.option("--url", default=None, metavar="HOST:PORT", help="With --backend triton: the server's gRPC address.")
+@click.option("--model", "served_model", default="medk2n", show_default=True,
+              help="With --backend triton: the model's name on the server.")
+@click.option("--in-flight", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --backend triton: requests of --batch-size slices kept in flight at once.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Which model of the bundle to run [default: the manifest's precision].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -74,7 +81,8 @@ def _names(text: str) -> list[str]:
               help="Write a JSON summary: backend, providers, per-case stage timings, failures.")
 @debug_option
 def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], sources: str | None, targets: str,
-            out_dir: Path, backend: str, precision: str | None, batch_size: int | None, threads: int | None,
+            out_dir: Path, backend: str, url: str | None, served_model: str, in_flight: int,
+            precision: str | None, batch_size: int | None, threads: int | None,
             reference: str | None, coverage: float, max_voxels: int, overwrite: bool, png: bool,
             json_path: Path | None, debug: bool) -> None:
     """Synthesise TARGETS from SOURCES for each CASE_DIR (a case folder or a dataset root) with the bundle
@@ -86,8 +94,9 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], 
         source_names = _names(sources) if sources else (list(cases[0].files) if inputs else [])
         if not source_names:
             raise DataError("--sources is required with case folders (e.g. --sources flair,adc)")
-        with Synthesizer(bundle, backend=backend, precision=precision, threads=threads,
-                         batch_size=batch_size, coverage=coverage, max_voxels=max_voxels) as synth:
+        server = TritonServer(url, served_model, in_flight) if url is not None else None
+        with Synthesizer(bundle, backend=backend, precision=precision, threads=threads, batch_size=batch_size,
+                         coverage=coverage, max_voxels=max_voxels, server=server) as synth:
             click.echo(f"backend: {synth.choice.describe()}; providers: {', '.join(synth.runner.providers)}")
             if synth.training_note:
                 click.echo(f"WARNING: {synth.training_note}", err=True)

@@ -27,6 +27,10 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(floa
 class Runner(ABC):
     """Base class: timing and the activate/deactivate life cycle."""
 
+    # Batches one `infer` call may carry: a remote runner (runtime/triton.py) splits a call into this
+    # many requests in flight, so the inferer hands it that many batches' rows at once.
+    requests_per_call = 1
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.is_active = False

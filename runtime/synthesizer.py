@@ -32,6 +32,7 @@ from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.inferer import SliceInferer, brain_slices
 from medk2n.runtime.pipeline import CaseReport, load_stage, finish_stage
 from medk2n.runtime.runners import Runner
+from medk2n.runtime.triton import TritonServer
 from medk2n.runtime.uncertainty import DEFAULT_COVERAGE, check_coverage, interval_factor
 
 Volumes = Mapping[str, Union[np.ndarray, tuple[np.ndarray, VolumeInfo]]]
@@ -55,17 +56,23 @@ class Request:
 
 
 class Synthesizer:
-    """K->N synthesis with one bundle on one backend; use as a context manager."""
+    """K->N synthesis with one bundle on one backend; use as a context manager.
+
+    `backend="triton"` with `server=TritonServer("host:8001")` runs the model on a Triton server;
+    everything else (checks, pre/post-processing, files) stays in this process."""
 
     def __init__(self, bundle: str | Path | Bundle, backend: str = "auto", precision: str | None = None,
                  threads: int | None = None, batch_size: int | None = None,
-                 coverage: float = DEFAULT_COVERAGE, max_voxels: int = MAX_VOXELS) -> None:
+                 coverage: float = DEFAULT_COVERAGE, max_voxels: int = MAX_VOXELS,
+                 server: TritonServer | None = None) -> None:
         self.coverage = check_coverage(coverage)
         self.max_voxels = int(max_voxels)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.batch_size = _batch_size(self.bundle, batch_size)
-        self.runner, self.choice = open_runner(backend_chain(backend, self.bundle, precision), self.bundle, threads)
-        self.inferer = SliceInferer(self.runner, self.batch_size, self.bundle.batch["min"])
+        self.runner, self.choice = open_runner(backend_chain(backend, self.bundle, precision, server),
+                                               self.bundle, threads)
+        self.inferer = SliceInferer(self.runner, self.batch_size * self.runner.requests_per_call,
+                                    self.bundle.batch["min"])
 
     @classmethod
     def from_runner(cls, bundle: Bundle, runner: Runner, choice: BackendChoice,

@@ -45,13 +45,19 @@ def test_each_machine_gets_exactly_one_onnxruntime_build(extras: tuple[str, ...]
 
 
 def test_no_extra_but_cpu_and_gpu_names_an_onnxruntime_build() -> None:
-    for extra in ("data", "train", "export", "trt", "dev"):
+    for extra in ("data", "train", "export", "trt", "triton", "dev"):
         assert not resolved_names(extra) & ORT_BUILDS, extra
 
 
 def test_the_trt_extra_floors_cuda_python_at_the_first_release_with_cuda_bindings() -> None:
     (cuda,) = [Requirement(line) for line in requires("medk2n") or [] if Requirement(line).name == "cuda-python"]
     assert not cuda.specifier.contains("12.1.0") and cuda.specifier.contains("12.6.1")
+
+
+def test_the_triton_extra_is_the_grpc_client_alone() -> None:
+    (client,) = [Requirement(line) for line in requires("medk2n") or [] if Requirement(line).name == "tritonclient"]
+    assert client.extras == {"grpc"} and client.marker.evaluate({"extra": "triton"})
+    assert "nvidia-pytriton" not in resolved_names("triton", "dev")  # the test server is the Makefile's
 
 
 # Every console script, with torch and onnxruntime unimportable (a base install).

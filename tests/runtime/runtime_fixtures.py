@@ -28,13 +28,14 @@ from onnx import TensorProto, helper
 from medk2n.manifest import Manifest, ModelFile, TensorSpec, hash_bundle_files
 from medk2n.runtime.uncertainty import LEVELS
 
-MODALITIES = ["t1", "t2", "flair", "dwi", "adc"]
+MODALITIES = ["t1", "t2", "flair", "dwi", "adc", "pd"]  # six, so a K=2/N=4 bundle can serve a 2->4 request
 NORMS = {
     "t1": {"kind": "range", "low": 0.0, "high": 1000.0},
     "t2": {"kind": "range", "low": 0.0, "high": 1000.0},
     "flair": {"kind": "range", "low": 0.0, "high": 1000.0},
     "dwi": {"kind": "percentile", "low": 0.5, "high": 99.5},
     "adc": {"kind": "range", "low": 0.0, "high": 4000.0},
+    "pd": {"kind": "percentile", "low": 0.5, "high": 99.5},
 }
 SHAPE = (23, 19, 11)
 QUANTILE_SLOPE = 2.0
