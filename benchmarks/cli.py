@@ -169,6 +169,8 @@ def memory(sizes: str, codes: tuple[str, ...], work: Path, threads: int, notes: 
         from medk2n.benchmarks.memory import markdown, run_memory, write_outputs
         from medk2n.errors import ConfigError
 
+        if not all(s.strip().isdigit() for s in sizes.split(",")):
+            raise ConfigError(f"--sizes {sizes}: expected comma-separated integers, e.g. 256,512")
         checkouts: dict[str, Path | None] = {}
         for item in codes:
             label, sep, path = item.partition("=")
@@ -176,10 +178,10 @@ def memory(sizes: str, codes: tuple[str, ...], work: Path, threads: int, notes: 
                 raise ConfigError(f"--code {item}: expected LABEL=PATH of a project checkout")
             checkouts[label] = Path(path).resolve()
         checkouts["current"] = None
-        results = run_memory(work, [int(s) for s in sizes.split(",") if s.strip()], checkouts, threads,
+        results = run_memory(work, [int(s) for s in sizes.split(",")], checkouts, threads, notes,
                              progress=_progress)
-        write_outputs(results, out, notes=notes)
-        click.echo(markdown(results, notes))
+        write_outputs(results, out)
+        click.echo(markdown(results))
         return 0
 
     run_cli(body, debug)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 import medk2n
-from medk2n.benchmarks.machine import machine_stamp
+from medk2n.benchmarks.machine import format_machine, machine_stamp
 from medk2n.errors import ConfigError
 from medk2n.fsutil import write_atomic
 from medk2n.manifest import Manifest, ModelFile, TensorSpec, hash_bundle_files
@@ -137,10 +136,12 @@ def peak_rss_mb(command: Sequence[str], env: dict[str, str], cwd: Path) -> tuple
 
 
 def run_memory(work: Path, sizes: Sequence[int] = (256, 512), codes: dict[str, Path | None] | None = None,
-               threads: int = 2, progress: Callable[[str], None] = lambda _: None) -> dict:
+               threads: int = 2, notes: Sequence[str] = (),
+               progress: Callable[[str], None] = lambda _: None) -> dict:
     """Peak RSS of `medk2n-run` (2 -> 4, uncertainty maps on) per volume size and per code checkout.
 
-    `codes` maps a label to a project checkout put first on PYTHONPATH (None: this one)."""
+    `codes` maps a label to a project checkout put first on PYTHONPATH (None: this one); `notes`
+    travel with the result (e.g. which commit 'before' is)."""
     codes = codes or {"current": None}
     work.mkdir(parents=True, exist_ok=True)
     bundle = write_mean_bundle(work / "bundle")
@@ -159,9 +160,9 @@ def run_memory(work: Path, sizes: Sequence[int] = (256, 512), codes: dict[str, P
             command = [sys.executable, "-m", "medk2n.runtime.cli", str(bundle), str(case), "--sources",
                        ",".join(SOURCES), "--targets", ",".join(TARGETS), "--out", str(out), "--overwrite",
                        "--threads", str(threads)]
-            peak, wall, code_rc, err = peak_rss_mb(command, env, work)
-            if code_rc != 0:
-                raise ConfigError(f"medk2n-run ({label}, {size}^3) exited {code_rc}: {err}")
+            peak, wall, rc, err = peak_rss_mb(command, env, work)
+            if rc != 0:
+                raise ConfigError(f"medk2n-run ({label}, {size}^3) exited {rc}: {err}")
             volume_mb = size ** 3 * 4 / 2 ** 20
             rows.append({"code": label, "size": size, "peak_rss_mb": round(peak, 1), "wall_s": round(wall, 1),
                          "float32_volume_mb": round(volume_mb, 1), "peak_in_volumes": round(peak / volume_mb, 2),
@@ -169,27 +170,27 @@ def run_memory(work: Path, sizes: Sequence[int] = (256, 512), codes: dict[str, P
             progress(f"{label} {size}^3: peak {peak:.0f} MiB ({peak / volume_mb:.2f} float32 volumes), {wall:.1f} s")
     return {"benchmark": "memory", "sources": list(SOURCES), "targets": list(TARGETS), "threads": threads,
             "bundle": "demo-model contract, closed-form mean graph (see benchmarks/memory.py)",
-            "machine": machine_stamp(), "rows": rows,
-            "max_rss_units": "MiB, from os.wait4 ru_maxrss of the medk2n-run child",
-            "python": sys.version.split()[0], "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0]}
+            "peak": "MiB, ru_maxrss of the medk2n-run child from os.wait4", "machine": machine_stamp(threads),
+            "notes": list(notes), "rows": rows}
 
 
-def markdown(result: dict, notes: Sequence[str] = ()) -> str:
+def markdown(result: dict) -> str:
     lines = ["# Memory: peak RSS of one medk2n-run case", "",
              f"{','.join(result['sources'])} -> {','.join(result['targets'])} with uncertainty maps "
              f"({2 * len(result['targets'])} output volumes), {result['threads']} ORT threads; bundle: "
-             f"{result['bundle']}. Peak RSS is the child process's own (os.wait4).", "",
+             f"{result['bundle']}. Cases: a head-like phantom, FLAIR stored int16 and ADC float32, gzipped. "
+             "Peak RSS is the child process's own (os.wait4).", "",
              "| code | volume | peak RSS MiB | in float32 volumes | wall s |", "|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['code']} | {row['size']}³ | {row['peak_rss_mb']:.0f} | {row['peak_in_volumes']:.2f} "
                      f"| {row['wall_s']:.1f} |")
-    lines += ["", *notes, "" if notes else "", f"Machine: {result['machine']}", ""]
+    lines += ["", *(f"{note}  " for note in result.get("notes", [])), "", format_machine(result["machine"]), ""]
     return "\n".join(lines)
 
 
-def write_outputs(result: dict, out: Path, stem: str = "memory", notes: Sequence[str] = ()) -> list[Path]:
+def write_outputs(result: dict, out: Path, stem: str = "memory") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     write_atomic(json_path, (json.dumps(result, indent=2) + "\n").encode())
-    write_atomic(md_path, markdown(result, notes).encode())
+    write_atomic(md_path, markdown(result).encode())
     return [json_path, md_path]

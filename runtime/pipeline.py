@@ -9,7 +9,8 @@ Each case runs five stages: read, preprocess (both in `load_stage`), infer,
 postprocess and write (in `finish_stage`). With several cases a one-worker
 thread reads and preprocesses the next case while the current one is in
 the model (a one-deep prefetch queue); numpy and ONNX Runtime release the
-GIL for their heavy parts. A failed case becomes a report with its error and
+GIL for their heavy parts. A case above PREFETCH_MAX_VOXELS runs alone: its
+memory, not two cases', is the run's peak. A failed case becomes a report with its error and
 leaves no output; the others go on: bad input and faults of that case alone
 (out of memory, a backend error) alike. A fault no case can escape (disk
 full, output not writable: `RunFault`) stops the run, carrying the reports
@@ -223,7 +224,9 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
         try:
             for i, item in enumerate(items):
                 loaded = pending.result()
-                if i + 1 < len(items):
+                follows = i + 1 < len(items)
+                ahead = follows and prefetch_beside(loaded)
+                if ahead:
                     pending = pool.submit(load, items[i + 1])  # read the next case while this one runs
                 report = loaded
                 if isinstance(loaded, LoadedCase):
@@ -232,6 +235,8 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
                 reports.append(report)
                 if on_case is not None:
                     on_case(report)
+                if follows and not ahead:
+                    pending = pool.submit(load, items[i + 1])
         except RunFault as fault:
             pending.cancel()
             fault.reports = reports
@@ -242,6 +247,19 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
                 remove_own_partials(out_dir, names)
             raise
     return reports
+
+
+# Largest case (voxels of its grid) beside which the next case is read and preprocessed: 256^3.
+# Above it the next case waits until this one is written, so a run of large cases peaks at one
+# case's memory (issue 22), not two; below it the overlap costs little and saves the reading time.
+PREFETCH_MAX_VOXELS = 1 << 24
+
+
+def prefetch_beside(loaded: "LoadedCase | CaseReport") -> bool:
+    """Whether the next case may be loaded while `loaded` is inferred and written."""
+    if not isinstance(loaded, LoadedCase):
+        return True
+    return int(np.prod(loaded.prepared.reference.shape, dtype=np.int64)) <= PREFETCH_MAX_VOXELS
 
 
 def _guard(step: Callable[[], Any], case: Case | Path, raise_errors: bool, report: CaseReport | None = None) -> Any:
