@@ -15,14 +15,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from runtime_fixtures import write_case
+from runtime_fixtures import header_bomb, write_case
 
 import medk2n.data.slabs as slabs_module
 import medk2n.runtime.pipeline as pipeline
 from medk2n.benchmarks.memory import write_mean_bundle
 from medk2n.config import default_normalization
 from medk2n.data.cases import case_readers, load_case
+from medk2n.data.nifti import read_volume
 from medk2n.data.preprocess import prepare_case
+from medk2n.errors import DataError
 from medk2n.runtime.synthesizer import Synthesizer
 
 SOURCES = ["t1", "t2", "flair"]
@@ -98,6 +100,21 @@ def test_a_case_peaks_at_a_few_volumes_not_k_plus_n(tmp_path, monkeypatch, mean_
             tracemalloc.stop()
     volumes = peak / (np.prod(shape) * 4)
     assert 1.0 < volumes < 5.0, f"traced peak {volumes:.2f} float32 volumes"
+
+
+@pytest.mark.parametrize("shape", [(4000, 4000, 4000), (512, 512, 512)])
+def test_a_header_bomb_allocates_nothing_like_its_claim(tmp_path, shape):
+    """238 GiB past --max-voxels, 512 MiB under it but more than the 400-byte file holds: both are
+    refused on the header, before nibabel allocates (test_runtime_faults checks the message)."""
+    bomb = header_bomb(tmp_path / "flair.nii.gz", shape)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError):
+            read_volume(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"traced peak {peak} bytes"
 
 
 def test_a_large_case_is_written_before_the_next_is_read(tmp_path, monkeypatch, bundle_dir):
