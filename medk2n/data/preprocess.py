@@ -75,8 +75,7 @@ def prepare_case(
     if reference is not None and reference not in volumes:
         raise DataError(f"reference modality '{reference}' is not among the inputs ({', '.join(volumes)})")
     held = _read(volumes[reference]) if reference is not None else None  # its grid is needed first
-    ref = held[1] if held is not None else None
-    first = None
+    ref_name, ref = (reference, held[1]) if held is not None else (None, None)
     total = geom = orientation = None
     slices: dict[str, np.ndarray] = {}
     params: dict[str, NormParams] = {}
@@ -85,13 +84,10 @@ def prepare_case(
             (array, info), held = held, None
         else:
             array, info = _read(source)
-        if reference is None:
-            first = first or (name, info)
-            ref = first[1]
-            check_same_geometry({first[0]: ref, name: info})
-        elif geometry_mismatch(ref, info) is not None:
-            array = resample_to_reference(array, info, ref)
-        oriented, orientation = to_canonical(array, ref.affine)
+        if ref is None:  # without --reference the first source's grid is the one
+            ref_name, ref = name, info
+        oriented, orientation = to_canonical(_on_grid(array, info, ref_name, ref, name, reference is not None),
+                                             ref.affine)
         del array
         # Percentiles are taken inside the volume's own head mask, not over
         # every voxel above zero: unmasked scanner images have a noise floor
@@ -100,14 +96,10 @@ def prepare_case(
         # The mask comes from this volume alone, so a modality is scaled the
         # same whichever other contrasts come with it (training vs serving).
         params[name] = norm_params(oriented, norms[name], mask=brain_mask(oriented), source=info.path)
-        if geom is None:
+        if total is None:
             geom = slice_geometry(oriented.shape, orientation.zooms, size)
             total = np.zeros(oriented.shape, dtype=np.float32)
-        slices[name] = np.empty((geom.shape[2], geom.size, geom.size), dtype=np.float32)
-        for part in slabs(geom.shape[2], geom.shape[0] * geom.shape[1]):
-            scaled = apply_norm(oriented[:, :, part], params[name])
-            slices[name][part] = slab_to_slices(scaled, geom)
-            total[:, :, part] += scaled  # in source order, as np.sum over the stacked volumes added them
+        slices[name] = _scale_into(oriented, params[name], geom, total)
         del oriented
     mask_volume = brain_mask(total)
     del total
@@ -124,6 +116,26 @@ def prepare_case(
 
 def _read(source: Source) -> tuple[np.ndarray, VolumeInfo]:
     return source() if callable(source) else source
+
+
+def _on_grid(array: np.ndarray, info: VolumeInfo, ref_name: str, ref: VolumeInfo, name: str,
+             resample: bool) -> np.ndarray:
+    """`array` on the reference grid: resampled onto it (`--reference`) or checked to be on it."""
+    if resample:
+        return array if geometry_mismatch(ref, info) is None else resample_to_reference(array, info, ref)
+    check_same_geometry({ref_name: ref, name: info})
+    return array
+
+
+def _scale_into(oriented: np.ndarray, params: NormParams, geom: SliceGeometry, total: np.ndarray) -> np.ndarray:
+    """Model slices of the normalised `oriented`, made slab by slab; each scaled slab is also added to
+    `total` (in source order, as np.sum over the stacked volumes added them, so the sum is the same)."""
+    slices = np.empty((geom.shape[2], geom.size, geom.size), dtype=np.float32)
+    for part in slabs(geom.shape[2], geom.shape[0] * geom.shape[1]):
+        scaled = apply_norm(oriented[:, :, part], params)
+        slices[part] = slab_to_slices(scaled, geom)
+        total[:, :, part] += scaled
+    return slices
 
 
 def mask_to_slices(mask: np.ndarray, info: VolumeInfo, prepared: PreparedCase) -> np.ndarray:
