@@ -201,6 +201,42 @@ def serve(bundle: Path, data: Path, task: str, clients: str, volumes_per_client:
 
 
 @cli.command()
+@click.option("--sizes", default="256,512", show_default=True, help="Comma-separated cube sides of the phantom cases.")
+@click.option("--code", "codes", multiple=True, metavar="LABEL=PATH",
+              help="Also run another checkout of the project (e.g. before=/tmp/old); 'current' is always run.")
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=Path("build/bench-memory"),
+              show_default=True, help="Folder for the phantom cases, the bundle and the outputs (reused).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime threads.")
+@click.option("--note", "notes", multiple=True, help="A line for the Markdown report (e.g. how 'before' was run).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
+@debug_option
+def memory(sizes: str, codes: tuple[str, ...], work: Path, threads: int, notes: tuple[str, ...], out: Path,
+           debug: bool) -> None:
+    """Peak RSS of one medk2n-run case (flair,adc -> dwi,t2,t1,pd) per volume size, in a child process."""
+
+    def body() -> int:
+        from medk2n.benchmarks.memory import markdown, run_memory, write_outputs
+        from medk2n.errors import ConfigError
+
+        if not all(s.strip().isdigit() for s in sizes.split(",")):
+            raise ConfigError(f"--sizes {sizes}: expected comma-separated integers, e.g. 256,512")
+        checkouts: dict[str, Path | None] = {}
+        for item in codes:
+            label, sep, path = item.partition("=")
+            if not sep or not Path(path, "medk2n").is_dir():
+                raise ConfigError(f"--code {item}: expected LABEL=PATH of a project checkout")
+            checkouts[label] = Path(path).resolve()
+        checkouts["current"] = None
+        results = run_memory(work, [int(s) for s in sizes.split(",")], checkouts, threads, notes,
+                             progress=_progress)
+        write_outputs(results, out)
+        click.echo(markdown(results))
+        return 0
+
+    run_cli(body, debug)
+
+
+@cli.command()
 @click.argument("metrics", type=click.Path(path_type=Path, dir_okay=False), default=Path("demo/eval/metrics.json"))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=RESULTS, show_default=True)
 @debug_option

@@ -4,7 +4,7 @@ Two files quote `benchmarks/results/`, each between the markers:
 
 - docs/results.md holds the full block: `demo.md` (the demo's evaluation,
   committed by `make demo-results`), then `latency*.md`, `preprocess*.md`,
-  `quality*.md` and `robustness*.md`,
+  `memory*.md`, `quality*.md` and `robustness*.md`,
   each with its machine stamp (from the JSON beside it) and links to its PNGs;
 - README.md holds a compact block: the demo table alone, its stamp and its
   risk-coverage plot, and a link to docs/results.md for latency and quality.
@@ -36,10 +36,10 @@ DOC_LEVELS = 1  # docs/results.md has one `#` title: a result file's `#` (or gen
 
 
 def result_files(results: Path) -> list[Path]:
-    """demo.md, then latency.md, latency-<tag>.md by name, then preprocess*.md, quality.md,
+    """demo.md, then latency.md, latency-<tag>.md by name, then preprocess*.md, memory*.md, quality.md,
     quality-<tag>.md, then robustness*.md: what the full section quotes."""
     files = []
-    for kind in (DEMO, "latency", "preprocess", "quality", "robustness"):
+    for kind in (DEMO, "latency", "preprocess", "memory", "quality", "robustness"):
         files += sorted(results.glob(f"{kind}*.md"), key=lambda p, kind=kind: (p.stem != kind, p.name))
     return files
 

@@ -9,7 +9,8 @@ Each case runs five stages: read, preprocess (both in `load_stage`), infer,
 postprocess and write (in `finish_stage`). With several cases a one-worker
 thread reads and preprocesses the next case while the current one is in
 the model (a one-deep prefetch queue); numpy and ONNX Runtime release the
-GIL for their heavy parts. A failed case becomes a report with its error and
+GIL for their heavy parts. A case above PREFETCH_MAX_VOXELS runs alone: its
+memory, not two cases', is the run's peak. A failed case becomes a report with its error and
 leaves no output; the others go on: bad input and faults of that case alone
 (out of memory, a backend error) alike. A fault no case can escape (disk
 full, output not writable: `RunFault`) stops the run, carrying the reports
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from medk2n.data.cases import Case, case_folder, load_case, resolve_cases
+from medk2n.data.cases import Case, case_folder, case_readers, resolve_cases
 from medk2n.data.nifti import write_volume
 from medk2n.data.preprocess import PreparedCase
 from medk2n.errors import DataError, MedK2NError, RunFault
@@ -63,6 +64,13 @@ class CaseReport:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def timed(self, name: str, call: Callable[[], Any]) -> Callable[[], Any]:
+        """`call`, counted in stage `name` whenever it runs."""
+        def run() -> Any:
+            with self.stage(name):
+                return call()
+        return run
 
 
 @dataclass
@@ -104,10 +112,14 @@ def load_stage(synth: "Synthesizer", case: Case | Path, sources: Sequence[str], 
     check_no_clobber([out_dir / case.name], [*_input_folders(case), synth.bundle.path])
     check_output_free(out_dir / case.name, overwrite)  # before any work, not after it
     request = synth.request(sources, targets, case.name)
-    with report.stage("read"):
-        volumes = load_case(case, request.sources, synth.max_voxels)
+    # Each source is read on its turn inside preprocessing (one volume in memory at a time, issue
+    # 22); its reading time still counts as "read", not twice.
+    readers = {m: report.timed("read", read) for m, read in case_readers(case, request.sources,
+                                                                          synth.max_voxels).items()}
+    read_before = report.timings.get("read", 0.0)
     with report.stage("preprocess"):
-        prepared = synth.prepare(volumes, request, reference, case.name)
+        prepared = synth.prepare(readers, request, reference, case.name)
+    report.timings["preprocess"] -= report.timings.get("read", 0.0) - read_before
     return LoadedCase(report, request, prepared)
 
 
@@ -125,19 +137,29 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
                                      disable=None if show_progress else True, leave=False) as bar:
         images, scale = synth.infer(prepared, request, progress=bar.update)
     with report.stage("postprocess"):
-        restored = synth.restore(images, scale, prepared, request)
-        halfwidths = {target: synth.halfwidth(target, spread, request.sources)
-                      for target, (_, spread) in restored.items()}
         montage = case_montage(prepared, request, images, scale, keep) if png else None
-    with report.stage("write"), case_output(out_dir, report.name, overwrite) as tmp:
-        like = prepared.reference
-        for target, (image, _) in restored.items():
-            write_volume(image, tmp / f"{target}.nii.gz", like)
-            if halfwidths[target] is not None:
-                write_volume(halfwidths[target], tmp / f"{target}_uncertainty.nii.gz", like)
-        if montage is not None:
-            write_png(tmp / "montage.png", montage)
-        report.outputs = sorted(p.name for p in tmp.iterdir())
+        head = synth.head_for(prepared, request)
+    # One target at a time, restored, written and dropped: peak memory holds one target's image
+    # and scale on the input grid, not N of each plus N uncertainty maps (issue 22).
+    like = prepared.reference
+    with case_output(out_dir, report.name, overwrite) as tmp:
+        for i, target in enumerate(request.targets):
+            with report.stage("postprocess"):
+                image, spread = synth.restore_target(target, images[i], scale[i], prepared, head)
+            with report.stage("write"):
+                write_volume(image, tmp / f"{target}.nii.gz", like)
+            del image
+            with report.stage("postprocess"):
+                halfwidth = synth.halfwidth(target, spread, request.sources)
+            del spread
+            if halfwidth is not None:
+                with report.stage("write"):
+                    write_volume(halfwidth, tmp / f"{target}_uncertainty.nii.gz", like)
+            del halfwidth
+        with report.stage("write"):
+            if montage is not None:
+                write_png(tmp / "montage.png", montage)
+            report.outputs = sorted(p.name for p in tmp.iterdir())
     report.ok = True
     return report
 
@@ -202,7 +224,9 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
         try:
             for i, item in enumerate(items):
                 loaded = pending.result()
-                if i + 1 < len(items):
+                follows = i + 1 < len(items)
+                ahead = follows and prefetch_beside(loaded)
+                if ahead:
                     pending = pool.submit(load, items[i + 1])  # read the next case while this one runs
                 report = loaded
                 if isinstance(loaded, LoadedCase):
@@ -211,6 +235,8 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
                 reports.append(report)
                 if on_case is not None:
                     on_case(report)
+                if follows and not ahead:
+                    pending = pool.submit(load, items[i + 1])
         except RunFault as fault:
             pending.cancel()
             fault.reports = reports
@@ -221,6 +247,19 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
                 remove_own_partials(out_dir, names)
             raise
     return reports
+
+
+# Largest case (voxels of its grid) beside which the next case is read and preprocessed: 256^3.
+# Above it the next case waits until this one is written, so a run of large cases peaks at one
+# case's memory (issue 22), not two; below it the overlap costs little and saves the reading time.
+PREFETCH_MAX_VOXELS = 1 << 24
+
+
+def prefetch_beside(loaded: "LoadedCase | CaseReport") -> bool:
+    """Whether the next case may be loaded while `loaded` is inferred and written."""
+    if not isinstance(loaded, LoadedCase):
+        return True
+    return int(np.prod(loaded.prepared.reference.shape, dtype=np.int64)) <= PREFETCH_MAX_VOXELS
 
 
 def _guard(step: Callable[[], Any], case: Case | Path, raise_errors: bool, report: CaseReport | None = None) -> Any:

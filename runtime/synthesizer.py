@@ -133,7 +133,7 @@ class Synthesizer:
         factor = interval_factor(self.bundle.manifest.uncertainty, normalise_modality_name(target),
                                  self.coverage, self.choice.model.precision,
                                  None if sources is None else [normalise_modality_name(s) for s in sources])
-        return None if factor is None else (np.float32(factor) * scale).astype(np.float32)
+        return None if factor is None else np.multiply(scale, np.float32(factor), dtype=np.float32)
 
     def request(self, sources: Sequence[str], targets: Sequence[str], name: str = "input") -> Request:
         """Check sources/targets against the bundle and build the id rows; errors name `name`."""
@@ -206,25 +206,40 @@ class Synthesizer:
                 request: Request) -> Outputs:
         """Model-space outputs -> (image, scale) on the reference grid, both in the target's output units.
 
+        Every target at once, for callers that want them all in memory; `finish_stage` restores and
+        writes one target at a time with `restore_target` instead.
+        """
+        head = self.head_for(prepared, request)
+        return {target: self.restore_target(target, images[i], scale[i], prepared, head)
+                for i, target in enumerate(request.targets)}
+
+    def head_for(self, prepared: PreparedCase, request: Request) -> np.ndarray | None:
+        """The restored head mask when a target of the request is histogram-standardised, else None."""
+        if any(self.bundle.norms[t].standard is not None for t in request.targets):
+            return restored_head(prepared)
+        return None
+
+    def restore_target(self, target: str, image: np.ndarray, scale: np.ndarray, prepared: PreparedCase,
+                       head: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One target's model-space (image, scale) -> both on the reference grid, in its output units.
+
         A range-normalised target (ADC) is denormalised to physical units and its
         scale multiplied by the range. A target whose normalisation carries a
         standard scale (fitted by training when the config asks for it) is
-        histogram-standardised inside the head, its scale by the map's mean slope.
+        histogram-standardised inside `head` (`head_for`), its scale by the map's
+        mean slope. The scale is scaled in place: each step makes no second volume.
         """
-        outputs, head = {}, None
-        for i, target in enumerate(request.targets):
-            norm = self.bundle.norms[target]
-            image = restore_volume(images[i], prepared, norm)
-            spread = restore_volume(scale[i], prepared, None)
-            if norm.kind == "range":
-                spread = spread * np.float32(norm.high - norm.low)
-            if norm.standard is not None:
-                if head is None:
-                    head = restored_head(prepared)
-                image, slope = standardize_with_slope(image, head, norm.standard)
-                spread = spread * np.float32(slope)
-            outputs[target] = (image, np.maximum(spread, 0.0).astype(np.float32))
-        return outputs
+        norm = self.bundle.norms[target]
+        image = restore_volume(image, prepared, norm)
+        slope = 1.0
+        if norm.standard is not None:
+            image, slope = standardize_with_slope(image, head, norm.standard)
+        spread = restore_volume(scale, prepared, None)
+        if norm.kind == "range":
+            spread *= np.float32(norm.high - norm.low)
+        if norm.standard is not None:
+            spread *= np.float32(slope)
+        return image, np.maximum(spread, 0.0, out=spread)
 
     def run(self, volumes: Volumes, sources: Sequence[str] | None, targets: Sequence[str],
             reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input") -> Outputs:

@@ -29,8 +29,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -374,9 +375,18 @@ def load_case(case: Case | Path, modalities: Sequence[str],
               max_voxels: int = MAX_VOXELS) -> dict[str, tuple[np.ndarray, VolumeInfo]]:
     """Read the requested modalities of a case (validated 3-D, finite, non-constant, at most
     `max_voxels` each)."""
+    return {m: read() for m, read in case_readers(case, modalities, max_voxels).items()}
+
+
+def case_readers(case: Case | Path, modalities: Sequence[str],
+                 max_voxels: int = MAX_VOXELS) -> dict[str, Callable[[], tuple[np.ndarray, VolumeInfo]]]:
+    """`load_case` deferred: modality -> a call that reads it. `prepare_case` calls each on its turn
+    and drops the array after, so a large case is never in memory K volumes at once. Missing
+    modalities are still refused here, before anything is read."""
     case = case if isinstance(case, Case) else open_case(case, modalities)
     case.require(modalities)
-    return {normalise_modality_name(m): read_volume(case.files[normalise_modality_name(m)], max_voxels=max_voxels)
+    return {normalise_modality_name(m): partial(read_volume, case.files[normalise_modality_name(m)],
+                                                max_voxels=max_voxels)
             for m in modalities}
 
 

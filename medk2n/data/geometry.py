@@ -142,6 +142,14 @@ def from_canonical(array: np.ndarray, orient: Orientation) -> np.ndarray:
     return np.ascontiguousarray(ornt_mod.apply_orientation(array, _invert(orient.transform)))
 
 
+def canonical_view(array: np.ndarray, orient: Orientation) -> np.ndarray:
+    """`array` (in the input's axis order) seen with canonical axes: a view, so writing into it fills
+    `array`, which then holds what `from_canonical` would return without a second whole volume."""
+    if tuple(array.shape[:3]) != tuple(orient.shape):
+        raise DataError(f"array shape {array.shape} does not match the input shape {orient.shape}")
+    return ornt_mod.apply_orientation(array, orient.transform)
+
+
 def _invert(transform: np.ndarray) -> np.ndarray:
     """The orientation transform that undoes `transform` (input axis i went to transform[i,0])."""
     inverse = np.empty_like(transform)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medk2n.data.slabs import slabs, slice_voxels
+
 # Foreground = above this fraction of the robust (99th percentile) intensity
 # over the image minimum; low enough to keep CSF in T1/FLAIR, above noise.
 THRESHOLD_FRACTION = 0.1
@@ -32,7 +34,8 @@ def brain_mask(array: np.ndarray, fraction: float = THRESHOLD_FRACTION) -> np.nd
     above = array[array > floor]
     if above.size == 0:
         return np.zeros(array.shape, dtype=bool)
-    top = float(np.percentile(above, 99.0))
+    top = float(np.percentile(above, 99.0, overwrite_input=True))  # `above` is a copy: no second one
+    del above  # a whole-volume array: gone before the components need their labels
     foreground = array > floor + fraction * (top - floor)
     return fill_holes_2d(largest_component(foreground))
 
@@ -55,10 +58,25 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return np.zeros(mask.shape, dtype=bool)
-    labels, _ = ndimage.label(mask)  # face connectivity, labels in order of first voxel
-    counts = np.bincount(labels.ravel())
+    labels, count = _label(ndimage, mask)  # face connectivity, labels in order of first voxel
+    counts = np.zeros(count + 1, dtype=np.int64)
+    for part in slabs(mask.shape[0], slice_voxels(mask.shape, 0)):  # bincount casts to int64: a slab at a time
+        counts += np.bincount(labels[part].ravel(), minlength=count + 1)
     counts[0] = 0
     return labels == int(np.argmax(counts))
+
+
+def _label(ndimage, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """`ndimage.label` in uint16 when the components fit (a head has a handful; half the memory of
+    int32 on a 512^3 volume), in int32 when scipy says they do not. The labels are the same.
+
+    Noise with more than 65535 provisional labels makes scipy label again into an int32 scratch
+    array before it gives up: such a mask costs one labelling more, the common head does not.
+    """
+    try:
+        return ndimage.label(mask, output=np.uint16)
+    except RuntimeError:  # "insufficient bit-depth": more than 65535 components
+        return ndimage.label(mask)
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from medk2n.data.slabs import slabs
 from medk2n.errors import DataError
 
 
@@ -153,25 +154,50 @@ def _frozen(matrix: np.ndarray) -> np.ndarray:
     return out
 
 
+def slice_geometry(shape: tuple[int, ...], zooms: tuple[float, ...], size: int) -> SliceGeometry:
+    """The geometry `volume_to_slices` uses for a canonical volume of `shape` [X, Y, Z]."""
+    zx, zy = float(zooms[0]), float(zooms[1])
+    fov = max(shape[0] * zx, shape[1] * zy)
+    return SliceGeometry(shape=tuple(int(n) for n in shape), zooms=(zx, zy), size=int(size), fov_mm=fov)
+
+
+def slab_to_slices(slab: np.ndarray, geom: SliceGeometry) -> np.ndarray:
+    """A canonical slab [X, Y, z] (any dtype) -> float32 [z, size, size] model slices of those z."""
+    rows, cols = geom.forward_matrices()
+    by_col = np.tensordot(cols, np.asarray(slab, dtype=np.float32), axes=(1, 0))  # [C, Y, z]
+    by_row = np.tensordot(rows, by_col, axes=(1, 1))  # [R, C, z]
+    return by_row.transpose(2, 0, 1)
+
+
 def volume_to_slices(vol: np.ndarray, zooms: tuple[float, float, float], size: int) -> tuple[np.ndarray, SliceGeometry]:
-    """Canonical [X, Y, Z] -> float32 [Z, size, size] slices and the geometry to undo it."""
+    """Canonical [X, Y, Z] -> float32 [Z, size, size] slices and the geometry to undo it.
+
+    Slab by slab along Z (each slice is resampled on its own), so a bool or integer volume is
+    cast to float32 a slab at a time, never as a whole-volume copy.
+    """
     if vol.ndim != 3:
         raise DataError(f"expected a 3-D canonical volume, got shape {vol.shape}")
-    zx, zy = float(zooms[0]), float(zooms[1])
-    fov = max(vol.shape[0] * zx, vol.shape[1] * zy)
-    geom = SliceGeometry(shape=tuple(int(n) for n in vol.shape), zooms=(zx, zy), size=int(size), fov_mm=fov)
-    rows, cols = geom.forward_matrices()
-    by_col = np.tensordot(cols, np.asarray(vol, dtype=np.float32), axes=(1, 0))  # [C, Y, Z]
-    by_row = np.tensordot(rows, by_col, axes=(1, 1))  # [R, C, Z]
-    return np.ascontiguousarray(by_row.transpose(2, 0, 1)), geom
+    geom = slice_geometry(vol.shape, zooms, size)
+    out = np.empty((geom.shape[2], geom.size, geom.size), dtype=np.float32)
+    for part in slabs(geom.shape[2], geom.shape[0] * geom.shape[1]):
+        out[part] = slab_to_slices(vol[:, :, part], geom)
+    return out, geom
 
 
-def slices_to_volume(slices: np.ndarray, geom: SliceGeometry) -> np.ndarray:
-    """Inverse of `volume_to_slices`: [Z, size, size] -> float32 [X, Y, Z] on the canonical grid."""
+def slices_to_volume(slices: np.ndarray, geom: SliceGeometry, out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of `volume_to_slices`: [Z, size, size] -> float32 [X, Y, Z] on the canonical grid.
+
+    Filled slab by slab along Z into `out` (a new array if None), which may be a strided view:
+    `restore_volume` passes the canonical view of an array in the input's axis order, so the
+    volume is never held twice (canonical, then reoriented).
+    """
     expected = (geom.shape[2], geom.size, geom.size)
     if tuple(slices.shape) != expected:
         raise DataError(f"slices have shape {tuple(slices.shape)}, expected {expected}")
+    out = np.empty(geom.shape, dtype=np.float32) if out is None else out
     rows, cols = geom.inverse_matrices()
-    by_col = np.tensordot(np.asarray(slices, dtype=np.float32), cols, axes=(2, 1))  # [Z, R, X]
-    by_row = np.tensordot(by_col, rows, axes=(1, 1))  # [Z, X, Y]
-    return np.ascontiguousarray(by_row.transpose(1, 2, 0))
+    for part in slabs(geom.shape[2], geom.shape[0] * geom.shape[1]):
+        by_col = np.tensordot(np.asarray(slices[part], dtype=np.float32), cols, axes=(2, 1))  # [z, R, X]
+        by_row = np.tensordot(by_col, rows, axes=(1, 1))  # [z, X, Y]
+        out[:, :, part] = by_row.transpose(1, 2, 0)
+    return out

@@ -18,14 +18,27 @@ from typing import Iterable
 import numpy as np
 
 from medk2n.config import STANDARD_PERCENTILES
+from medk2n.data.slabs import slabs, slice_voxels
 
 
 def _percentile_marks(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """STANDARD_PERCENTILES of `volume` inside `mask`, in its own units; None for an empty mask."""
-    values = np.asarray(volume)[np.asarray(mask, dtype=bool)]
-    if values.size == 0:
+    """STANDARD_PERCENTILES of `volume` inside `mask`, in its own units; None for an empty mask.
+
+    Percentiles in float64 as before, but the float64 copy of the masked voxels is filled slab by
+    slab and partitioned in place: no float32 copy beside it and no second float64 copy inside
+    numpy (order does not matter to a percentile, so the result is the same).
+    """
+    volume, mask = np.asarray(volume), np.asarray(mask, dtype=bool)
+    count = int(np.count_nonzero(mask))
+    if count == 0:
         return None
-    return np.percentile(values.astype(np.float64), STANDARD_PERCENTILES)
+    values = np.empty(count, dtype=np.float64)
+    filled = 0
+    for part in slabs(volume.shape[0], slice_voxels(volume.shape, 0)) if volume.ndim else [()]:
+        chunk = volume[part][mask[part]]
+        values[filled:filled + chunk.size] = chunk
+        filled += chunk.size
+    return np.percentile(values, STANDARD_PERCENTILES, overwrite_input=True)
 
 
 def landmarks(volume: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
@@ -74,5 +87,8 @@ def standardize_with_slope(volume: np.ndarray, mask: np.ndarray, standard: list[
     own = _percentile_marks(volume, mask)
     if own is None or np.any(np.diff(own) <= 0):
         return volume, 1.0
-    mapped = np.interp(volume, own, np.asarray(standard, dtype=np.float64)).astype(np.float32)
+    mapped = np.empty(volume.shape, dtype=np.float32)
+    standard = np.asarray(standard, dtype=np.float64)
+    for part in slabs(volume.shape[0], slice_voxels(volume.shape, 0)) if volume.ndim else [()]:
+        mapped[part] = np.interp(volume[part], own, standard)  # float64 slab, rounded to float32 as before
     return mapped, float(1.0 / (own[-1] - own[0]))

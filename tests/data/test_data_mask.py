@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from medk2n.data.mask import brain_mask, fill_holes_2d, grow_2d, largest_component
 
@@ -88,3 +89,19 @@ def test_scipy_and_numpy_agree_on_random_masks_with_ties_and_edge_slices():
     ring[1:6, 1:6, :] = True
     ring[3, 3, :] = False  # a hole in the first and last slices too
     assert fill_holes_2d(ring).all(axis=2)[3, 3] and fill_holes_2d_numpy(ring).all(axis=2)[3, 3]
+
+
+def test_labels_are_uint16_when_they_fit_and_int32_when_not():
+    """A head has a few components: uint16 labels (half the memory). Salt noise with more than
+    65535 components falls back to int32. The largest component is the same either way."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    from medk2n.data.mask import _label, largest_component_numpy
+
+    head = np.zeros((40, 40, 40), bool)
+    head[5:35, 6:30, 8:33] = True
+    noise = np.random.default_rng(0).random((100, 100, 100)) < 0.15
+    assert _label(ndimage, head)[0].dtype == np.uint16
+    labels, count = _label(ndimage, noise)
+    assert labels.dtype == np.int32 and count > 65535
+    for mask in (head, noise):
+        np.testing.assert_array_equal(largest_component(mask), largest_component_numpy(mask))

@@ -16,6 +16,7 @@ bundle as exported before the scale output (a "confidence" output, no calibratio
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -191,6 +192,17 @@ def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray, qcode: int = 1
     img.set_sform(affine, code=scode)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, path)
+    return path
+
+
+def header_bomb(path: Path, shape: tuple[int, int, int]) -> Path:
+    """A tiny .nii.gz whose header claims `shape` float32 voxels but holds a few bytes of data."""
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), make_affine("iso"))
+    header = img.header.copy()
+    header.set_data_shape(shape)
+    raw = header.binaryblock + b"\0" * 4 + np.zeros(8, np.float32).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw))
     return path
 
 

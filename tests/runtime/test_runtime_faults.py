@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import gzip
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from runtime_fixtures import fields, make_affine, save_nifti, write_case
+from runtime_fixtures import fields, header_bomb, save_nifti, write_case
 
 import medk2n.runtime.pipeline as pipeline
 from medk2n.errors import DataError
@@ -123,24 +122,13 @@ def test_an_output_folder_that_cannot_be_made_stops_before_any_work(tmp_path: Pa
     assert line.startswith(f"error: {blocker / 'out'}: output folder is not writable")
 
 
-def _header_bomb(path: Path, shape: tuple[int, int, int]) -> Path:
-    """A tiny .nii.gz whose header claims `shape` float32 voxels but holds a few bytes of data."""
-    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), make_affine("iso"))
-    header = img.header.copy()
-    header.set_data_shape(shape)
-    raw = header.binaryblock + b"\0" * 4 + np.zeros(8, np.float32).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(raw))
-    return path
-
-
 @pytest.mark.parametrize("shape, message", [
     ((4000, 4000, 4000), "above the limit of"),  # past --max-voxels: refused on the header alone
     ((512, 512, 512), "header claims 536870912 bytes of image data, the file holds 384"),
 ])
 def test_a_header_bomb_is_refused_before_allocation(tmp_path: Path, bundle_dir: Path, shape, message) -> None:
     case = write_case(tmp_path / "bomb", modalities=("t2",))
-    _header_bomb(case / "flair.nii.gz", shape)
+    header_bomb(case / "flair.nii.gz", shape)
     good = write_case(tmp_path / "good")
     out = tmp_path / "out"
     result = run(*args(bundle_dir, case, good, out=out))
