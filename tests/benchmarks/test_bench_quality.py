@@ -95,6 +95,11 @@ def test_task_parsing_and_method_configs():
     demo = method_config(str(recipe), "unet", seed=0)
     assert (demo.model.arch, demo.loss.gradient, list(demo.train.standardize_outputs)) == ("unet", 3.0,
                                                                                           ["t1", "t2", "pd"])
+    # The quality-ordered recipes are the demo's and the bare preset's with the fusion's base chosen by quality.
+    for name, base in (("demo-ordered.yaml", demo), ("tiny-ordered.yaml", method_config("tiny", "B5", seed=0))):
+        ordered = method_config(str(recipe.with_name(name)), "B5", seed=0)
+        assert ordered.model.base_by_quality and ordered.train.degrade_any_source
+        assert (ordered.loss, ordered.train.standardize_outputs) == (base.loss, base.train.standardize_outputs)
     with pytest.raises(ConfigError, match="image_sise"):
         method_config("tiny", "B5", seed=0, overrides={"model": {"image_sise": 32}})
 
