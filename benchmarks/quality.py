@@ -138,10 +138,9 @@ def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str]
     rows, runs, examples = [], {}, {}
     for method in plan.methods:
         cfg = method_config(plan.preset, method, plan.seed, plan.overrides)
-        fixed = plan.steps and plan.steps[method]
-        progress(f"{method}: training for " + (f"{fixed} steps" if fixed else f"{plan.budget_minutes:g} min"))
-        runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
-                                           60.0 * plan.budget_minutes, plan.device, steps=fixed or None)
+        runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * plan.budget_minutes,
+                                           plan.device, steps=(plan.steps or {}).get(method),
+                                           progress=lambda text: progress(f"{method}: {text}"))
         progress(f"{method}: {runs[method]['steps']} steps; evaluating")
         start = time.perf_counter()
         method_rows, examples[method] = evaluate_checkpoint(
@@ -258,13 +257,15 @@ def _link_case(case: Case, part_dir: Path) -> None:
 
 
 def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, budget_s: float,
-                        device: str = "cpu", steps: int | None = None) -> dict:
+                        device: str = "cpu", steps: int | None = None,
+                        progress: Callable[[str], None] = lambda _: None) -> dict:
     """Train with the curriculum and the cosine decay spread over the budget (see the module docstring).
 
     With `steps`, train exactly that many steps on the step schedule instead: a result that does not
     depend on the machine's load (other jobs on a shared machine cut a wall-clock run short)."""
     from medk2n.train.loop import train
 
+    progress("training for " + (f"{steps} steps" if steps is not None else f"{budget_s / 60.0:g} min"))
     start = time.perf_counter()
     if steps is not None:
         result = train(cfg, train_dir, run_dir, max_steps=steps, device=device, progress=False)

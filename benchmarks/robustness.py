@@ -110,10 +110,9 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source:
         runs = {}
         for method in methods:
             cfg = method_config(preset, method, seed)
-            fixed = step_budget and step_budget[method]
-            progress(f"{method}: training for " + (f"{fixed} steps" if fixed else f"{budget_minutes:g} min"))
-            runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
-                                               60.0 * budget_minutes, device, steps=fixed or None)
+            runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * budget_minutes,
+                                               device, steps=(step_budget or {}).get(method),
+                                               progress=lambda text: progress(f"{method}: {text}"))
             progress(f"{method}: {runs[method]['steps']} steps; evaluating clean and degraded")
             rows[method] = {}
             for kind, test_dir in [("clean", split["test_dir"]), *test_sets.items()]:
