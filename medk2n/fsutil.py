@@ -56,8 +56,9 @@ def swap_in_dir(tmp: str | Path, directory: str | Path) -> None:
     if not directory.exists():
         os.replace(tmp, directory)
         return
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(directory, old)
+    # The old folder goes into a fresh hidden folder of its own: a fixed name such as `.NAME.old` could be
+    # something of the user's, or another run's swap in progress.
+    aside = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+    os.replace(directory, aside / directory.name)
     os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)

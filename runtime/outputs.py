@@ -19,13 +19,12 @@ import fcntl
 import glob
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from medk2n.errors import DataError, RunFault
-from medk2n.fsutil import make_temp_dir
+from medk2n.fsutil import make_temp_dir, swap_in_dir
 
 # OS errors after which no other case can be written either: the run stops instead of failing each case.
 RUN_FAULT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -61,7 +60,7 @@ def case_output(out_dir: Path, name: str, overwrite: bool) -> Iterator[Path]:
             if final.exists() and not overwrite:
                 raise DataError(f"{final}: output folder appeared while this run worked on it (another run "
                                 "writing to the same --out?); kept it, pass --overwrite to replace it")
-            _replace_dir(tmp, final)
+            swap_in_dir(tmp, final)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -124,14 +123,3 @@ def publish_lock(out_dir: Path) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if not final.exists():
-        os.rename(tmp, final)
-        return
-    # --overwrite: move the old folder aside first so OUT/<case> is never half old, half new.
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-    os.rename(final, old / final.name)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

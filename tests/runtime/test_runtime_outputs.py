@@ -30,3 +30,19 @@ def test_written_files_and_case_folders_are_readable_by_others(tmp_path: Path, u
     assert mode(final) == 0o755
     assert mode(final / "run.json") == 0o644
     assert (final / "run.json").read_bytes() == b"{}"
+
+
+def test_a_folder_swap_keeps_a_neighbour_named_like_the_old_copy(tmp_path: Path) -> None:
+    """swap_in_dir sets the old folder aside under a fresh name: a user's `.case.old` is not the swap's to delete."""
+    from medk2n.fsutil import swap_in_dir
+
+    final, theirs = tmp_path / "case", tmp_path / ".case.old"
+    for folder, text in ((final, "old"), (theirs, "keep")):
+        folder.mkdir()
+        (folder / "a.txt").write_text(text)
+    new = tmp_path / "staged"
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    swap_in_dir(new, final)
+    assert (final / "a.txt").read_text() == "new" and (theirs / "a.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".case.old", "case"]
