@@ -255,10 +255,11 @@ def _scan_nnunet_images(images: Path, channels: dict[int, str], labels: Path | N
             builder.case.unknown.append(path)
         else:
             builder.add(channels[channel], path)
+    # dataset.json's file_ending may be .nii as well as .nii.gz: take the label by stem, like the images.
+    label_files = dict(_nifti_files(labels)) if labels is not None and labels.is_dir() else {}
     for case, builder in builders.items():
-        label = labels / f"{case}.nii.gz" if labels is not None else None
-        if label is not None and label.is_file():
-            builder.case.masks["lesion"] = label
+        if case in label_files:
+            builder.case.masks["lesion"] = label_files[case]
     return [b.case for b in builders.values()]
 
 

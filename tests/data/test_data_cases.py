@@ -207,3 +207,15 @@ def test_unknown_modality_file_is_named_when_the_modality_is_missing(tmp_path, w
     write_case(tmp_path / "case001", {"t2_weird": None})
     with pytest.raises(DataError, match=r"t2_weird\.nii\.gz"):
         load_case(tmp_path / "case001", ["t2"])
+
+
+def test_nnunet_with_uncompressed_files_finds_its_labels_too(tmp_path, write_case):
+    """dataset.json's file_ending ".nii": images and labels are plain NIfTI, and the label is still the case's."""
+    root = tmp_path / "Dataset003_Plain"
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0},
+                                                   "numTraining": 1, "file_ending": ".nii"}))
+    write_case(root / "imagesTr", {"brain_001_0000.nii": None})
+    save_nifti(root / "labelsTr" / "brain_001.nii", np.zeros(SHAPE))
+    [case] = discover_dataset(root)
+    assert case.files["t2"].name == "brain_001_0000.nii" and case.masks["lesion"].name == "brain_001.nii"
