@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from importlib.metadata import requires
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import pytest
@@ -58,6 +58,33 @@ def test_the_triton_extra_is_the_grpc_client_alone() -> None:
     (client,) = [Requirement(line) for line in requires("medk2n") or [] if Requirement(line).name == "tritonclient"]
     assert client.extras == {"grpc"} and client.marker.evaluate({"extra": "triton"})
     assert "nvidia-pytriton" not in resolved_names("triton", "dev")  # the test server is the Makefile's
+
+
+def installed_closure(*extras: str) -> set[str]:
+    """Every installed distribution medk2n[extras] pulls in, through the requirements of each (markers evaluated)."""
+    seen, todo = set(), sorted(resolved_names(*extras) - ORT_BUILDS)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            lines = requires(name) or []
+        except PackageNotFoundError:  # an optional extra this environment did not install
+            continue
+        for line in lines:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name.lower().replace("_", "-"))
+    return seen
+
+
+def test_no_dependency_of_the_other_extras_brings_an_onnxruntime_build_of_its_own() -> None:
+    """Transitively, over what this environment installed: [gpu] plus [train, export, ...] must not get the CPU
+    build by the back door (another package requiring `onnxruntime` would shadow onnxruntime-gpu again)."""
+    closure = installed_closure("train", "export", "triton", "dev", "data")
+    assert {"hydra-core", "iopath", "sympy"} <= closure  # second-level names: the walk went through the tree
+    assert not closure & ORT_BUILDS
 
 
 # Every console script, with torch and onnxruntime unimportable (a base install).
