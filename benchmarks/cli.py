@@ -106,7 +106,9 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 @cli.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
 @click.option("--task", default="flair,adc->dwi,t2,t1,pd", show_default=True, help="SOURCES->TARGETS (two sources).")
-@click.option("--corrupt", "source", default=None, help="Source degraded at test time [default: the task's last].")
+@click.option("--corrupt", "source", default=None,
+              help="Source(s) degraded at test time, comma-separated [default: the task's last]. Several train the "
+                   "methods once and write robustness[-tag]-<source>.* each.")
 @click.option("--methods", default="B0,B5,unet", show_default=True, help="Comma-separated methods to compare.")
 @click.option("--budget-minutes", type=float, default=5.0, show_default=True, help="Training budget per method.")
 @click.option("--preset", default="tiny", show_default=True, help="Preset, or a YAML recipe over one.")
@@ -128,7 +130,8 @@ def robustness(data: Path, task: str, source: str | None, methods: str, budget_m
         names = [m.strip() for m in methods.split(",") if m.strip()]
         results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
                                  progress=_progress, tag=tag, steps=steps)
-        click.echo(markdown(results))
+        for one in ([results] if "settings" in results else results.values()):
+            click.echo(markdown(one))
         return 0
 
     run_cli(body, debug)

@@ -41,6 +41,8 @@ from medk2n.errors import ConfigError, DataError
 from medk2n.fsutil import write_atomic
 
 CORRUPTIONS = ("noise", "ghosting", "contrast")
+ABSENT = "absent"  # the source left out: the floor of a method that detects and drops it
+KINDS = (*CORRUPTIONS, ABSENT)
 DEFAULT_METHODS = ("B0", "B5", "unet")
 DEFAULT_TASK = "flair,adc->dwi,t2,t1,pd"
 NOISE_FRACTION = 0.2
@@ -86,47 +88,75 @@ def drops(clean: Sequence[dict], degraded: Sequence[dict], targets: Sequence[str
     return {case: a[case] - b[case] for case in sorted(set(a) & set(b))}
 
 
-def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK, source: str | None = None,
+def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
+                   source: str | Sequence[str] | None = None,
                    methods: Sequence[str] = DEFAULT_METHODS, budget_minutes: float = 5.0, preset: str = "tiny",
                    seed: int = 0, test_fraction: float = 0.3, device: str = "cpu",
                    progress: Callable[[str], None] = lambda _: None, tag: str | None = None,
-                   steps: str | None = None) -> dict:
-    """Train each method, score it clean and with `source` degraded; write robustness[-tag].{json,md} to `out`.
+                   steps: str | None = None, overrides: dict | None = None) -> dict:
+    """Train each method, score it clean and with each of `source` degraded; write robustness[-tag].{json,md}.
 
-    `steps` ("N" or "METHOD=N,...") trains fixed step counts instead of `budget_minutes` of wall clock."""
+    `source` may name several of the task's sources: the methods train once and each source gets
+    its own result files, robustness[-tag]-<source>.*; the returned dict is keyed by source then.
+    `steps` ("N" or "METHOD=N,...") trains fixed step counts instead of `budget_minutes` of wall clock;
+    `overrides` apply to every method's config (e.g. a smaller image for tests)."""
     stem = result_stem(tag, "robustness")  # a bad tag fails before minutes of training
     step_budget = parse_step_budget(steps, methods)
     task = parse_task(task_text)
-    source = source or task.sources[-1]
-    if source not in task.sources or len(task.sources) < 2:
-        raise ConfigError(f"--corrupt {source!r}: must be one of the task's sources, and the task needs two")
+    sources = _corrupted_sources(source, task)
     with tempfile.TemporaryDirectory(prefix="medk2n-robustness-") as tmp:
         work = Path(tmp)
         split = split_dataset(Path(data), work / "split", [task], test_fraction, seed)
         progress(f"split: {len(split['train'])} training subjects, {len(split['test'])} test subjects")
-        test_sets = {kind: corrupted_test_set(split["test_dir"], work / "corrupt", task, source, kind, seed)
-                     for kind in CORRUPTIONS}
-        rows: dict[str, dict[str, list[dict]]] = {}
+        test_sets = {(name, kind): corrupted_test_set(split["test_dir"], work / "corrupt" / name, task, name, kind,
+                                                      seed)
+                     for name in sources for kind in CORRUPTIONS}
+        rows: dict[str, dict[str, dict[str, list[dict]]]] = {name: {} for name in sources}
         runs = {}
         for method in methods:
-            cfg = method_config(preset, method, seed)
+            cfg = method_config(preset, method, seed, overrides)
             runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * budget_minutes,
                                                device, steps=(step_budget or {}).get(method),
                                                progress=lambda text: progress(f"{method}: {text}"))
-            progress(f"{method}: {runs[method]['steps']} steps; evaluating clean and degraded")
-            rows[method] = {}
-            for kind, test_dir in [("clean", split["test_dir"]), *test_sets.items()]:
-                method_rows, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task],
-                                                     {**split, "test_dir": test_dir}, device, references=False)
-                rows[method][kind] = method_rows
-    results = summarise(rows, task, source, runs)
-    results.update(settings={"task": task.key, "corrupted_source": source, "methods": list(methods),
-                             "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
-                             "preset": preset, "seed": seed,
-                             "noise_fraction": NOISE_FRACTION, "ghost_every": GHOST_EVERY},
-                   split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
-    write_outputs(results, Path(out), stem)
-    return results
+            progress(f"{method}: {runs[method]['steps']} steps; evaluating clean, degraded and without "
+                     + ", ".join(sources))
+            clean, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device, references=False)
+            for name in sources:
+                rows[name][method] = {"clean": clean}
+                for kind in CORRUPTIONS:
+                    rows[name][method][kind], _ = evaluate_checkpoint(
+                        runs[method]["checkpoint"], [task], {**split, "test_dir": test_sets[name, kind]}, device,
+                        references=False)
+                without = without_source(task, name)
+                absent_rows, _ = evaluate_checkpoint(runs[method]["checkpoint"], [without], split, device,
+                                                     references=False)
+                rows[name][method][ABSENT] = [{**r, "task": task.key} for r in absent_rows]
+    every = {}
+    for name in sources:
+        results = summarise(rows[name], task, name, runs)
+        results.update(settings={"task": task.key, "corrupted_source": name, "methods": list(methods),
+                                 "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
+                                 "preset": preset, "seed": seed,
+                                 "noise_fraction": NOISE_FRACTION, "ghost_every": GHOST_EVERY},
+                       split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
+        write_outputs(results, Path(out), stem if len(sources) == 1 else f"{stem}-{name}")
+        every[name] = results
+    return every[sources[0]] if len(sources) == 1 else every
+
+
+def _corrupted_sources(source: str | Sequence[str] | None, task: Task) -> list[str]:
+    names = [task.sources[-1]] if not source else (
+        [s.strip() for s in source.split(",") if s.strip()] if isinstance(source, str) else list(source))
+    bad = [name for name in names if name not in task.sources]
+    if bad or not names or len(task.sources) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"--corrupt {','.join(names)!r}: name each of the task's sources at most once "
+                          f"({', '.join(task.sources)}), and the task needs two")
+    return names
+
+
+def without_source(task: Task, name: str) -> Task:
+    """The task with one source left out, same targets."""
+    return parse_task(",".join(s for s in task.sources if s != name) + "->" + ",".join(task.targets))
 
 
 def summarise(rows: dict[str, dict[str, list[dict]]], task: Task, source: str, runs: dict) -> dict:
@@ -137,14 +167,14 @@ def summarise(rows: dict[str, dict[str, list[dict]]], task: Task, source: str, r
     for method in methods:
         clean = per_subject(rows[method]["clean"], "masked_psnr", targets)
         table[method] = {"clean": mean_sd(clean.values()), "steps": runs.get(method, {}).get("steps")}
-        for kind in CORRUPTIONS:
+        for kind in _kinds(rows[method]):
             d = drops(rows[method]["clean"], rows[method][kind], targets)
             table[method][kind] = {"drop": mean_sd(d.values()), "per_subject_drop": d}
     comparisons = {}
     for a in methods:
         for b in methods:
             if a < b:
-                for kind in CORRUPTIONS:
+                for kind in _kinds(rows[a]):
                     x, y = paired(table[a][kind]["per_subject_drop"], table[b][kind]["per_subject_drop"])
                     comparisons[f"{a} vs {b} ({kind})"] = {**wilcoxon_signed_rank(x, y),
                                                            "wins_of_first": int(sum(u < v for u, v in zip(x, y))),
@@ -152,16 +182,24 @@ def summarise(rows: dict[str, dict[str, list[dict]]], task: Task, source: str, r
     return {"methods": table, "comparisons": comparisons}
 
 
+def _kinds(columns: dict) -> list[str]:
+    """The degradations a result has, in table order (results from before `absent` lack it)."""
+    return [kind for kind in KINDS if kind in columns]
+
+
 def markdown(results: dict) -> str:
     s = results["settings"]
+    kinds = _kinds(next(iter(results["methods"].values()), {}))
     lines = [f"### Robustness: {s['task']} with `{s['corrupted_source']}` degraded at test time", "",
              f"Preset `{s['preset']}`, {_budget_text(s)}, seed {s['seed']}; "
              f"{len(results['split']['test'])} test subjects. Masked PSNR (dB, mean over the task's targets): "
-             "clean, and the drop (clean minus degraded; smaller is more robust), mean ± sd over subjects.", "",
-             "| method | steps | clean | drop: " + " | drop: ".join(CORRUPTIONS) + " |",
-             "|---|---|---|" + "---|" * len(CORRUPTIONS)]
+             "clean, and the drop (clean minus degraded; smaller is more robust), mean ± sd over subjects."
+             + (f" `absent`: the task without `{s['corrupted_source']}` (clean data), the drop of a method that "
+                "detected the degraded source and ignored it." if ABSENT in kinds else ""), "",
+             "| method | steps | clean | drop: " + " | drop: ".join(kinds) + " |",
+             "|---|---|---|" + "---|" * len(kinds)]
     for method, row in results["methods"].items():
-        cells = [format_mean_sd(row[kind]["drop"]) for kind in CORRUPTIONS]
+        cells = [format_mean_sd(row[kind]["drop"]) for kind in kinds]
         lines.append(f"| {method} | {row['steps']} | {format_mean_sd(row['clean'])} | " + " | ".join(cells) + " |")
     lines += ["", "Paired drops (exact Wilcoxon signed-rank; `wins` = subjects where the first method dropped less):",
               "", "| comparison | wins | median drop difference | p |", "|---|---|---|---|"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from medk2n.benchmarks.quality import Task
-from medk2n.benchmarks.robustness import CORRUPTIONS, corrupt, drops, markdown, summarise
+from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, KINDS, _corrupted_sources, corrupt, drops, markdown,
+                                          run_robustness, summarise, without_source)
 from medk2n.errors import ConfigError
 
 
@@ -75,3 +79,60 @@ def test_a_step_budget_is_parsed_per_method_and_named_in_the_table():
     summary.update(settings={"task": task.key, "corrupted_source": "adc", "preset": "tiny", "budget_minutes": None,
                              "steps": {"B5": 1510}, "seed": 0}, split={"test": ["s1"]})
     assert "a fixed step budget per method (B5 1510)" in markdown(summary)
+
+
+def test_the_absent_column_is_a_drop_like_the_others_and_older_results_lack_it():
+    task = Task(("flair", "adc"), ("dwi",))
+    rows = {"B5": {"clean": _rows({"s1": 20.0, "s2": 22.0}), **{k: _rows({"s1": 19.0, "s2": 21.5}) for k in KINDS}}}
+    rows["B5"][ABSENT] = _rows({"s1": 19.5, "s2": 20.0})
+    summary = summarise(rows, task, "adc", {"B5": {"steps": 5}})
+    assert summary["methods"]["B5"][ABSENT]["per_subject_drop"] == {"s1": 0.5, "s2": 2.0}
+    summary.update(settings={"task": task.key, "corrupted_source": "adc", "preset": "tiny", "budget_minutes": 1,
+                             "seed": 0}, split={"test": ["s1", "s2"]})
+    text = markdown(summary)
+    assert "drop: absent |" in text and "the task without `adc`" in text
+    older = {"B5": {k: v for k, v in rows["B5"].items() if k != ABSENT}}
+    old_summary = summarise(older, task, "adc", {"B5": {"steps": 5}})
+    assert ABSENT not in old_summary["methods"]["B5"]
+    old_summary.update({k: summary[k] for k in ("settings", "split")})
+    assert "absent" not in markdown(old_summary)
+
+
+def test_corrupted_sources_are_named_sources_of_the_task_once_each():
+    task = Task(("flair", "adc"), ("dwi", "t2"))
+    assert _corrupted_sources(None, task) == ["adc"]
+    assert _corrupted_sources("flair, adc", task) == ["flair", "adc"]
+    assert _corrupted_sources(["flair"], task) == ["flair"]
+    for bad in ("t1", "flair,flair", "flair,t2"):
+        with pytest.raises(ConfigError, match="--corrupt"):
+            _corrupted_sources(bad, task)
+    with pytest.raises(ConfigError, match="needs two"):
+        _corrupted_sources(None, Task(("flair",), ("dwi",)))
+    assert without_source(task, "flair") == Task(("adc",), ("dwi", "t2"))
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from medk2n.data.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("robustness") / "data"
+    generate_dataset(root, subjects=4, seed=6, spacing=4.0)
+    return root
+
+
+@pytest.mark.slow
+def test_two_corrupted_sources_train_once_and_write_a_result_each(phantom, tmp_path):
+    out = tmp_path / "results"
+    every = run_robustness(phantom, out, "flair,adc->dwi", "flair,adc", ["B5"], preset="tiny", seed=0,
+                           test_fraction=0.25, steps="3", tag="t",
+                           overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}})
+    assert sorted(p.name for p in out.iterdir()) == ["robustness-t-adc.json", "robustness-t-adc.md",
+                                                     "robustness-t-flair.json", "robustness-t-flair.md"]
+    flair, adc = every["flair"]["methods"]["B5"], every["adc"]["methods"]["B5"]
+    assert flair["clean"] == adc["clean"] and flair["steps"] == adc["steps"] == 3  # one training, one clean score
+    for row in (flair, adc):
+        for kind in KINDS:
+            assert all(np.isfinite(v) for v in row[kind]["per_subject_drop"].values()) and row[kind]["per_subject_drop"]
+    # Leaving a different source out changes the score: the column really drops the named source.
+    assert flair[ABSENT]["per_subject_drop"] != adc[ABSENT]["per_subject_drop"]
+    assert json.loads((out / "robustness-t-adc.json").read_text())["settings"]["corrupted_source"] == "adc"
