@@ -17,8 +17,8 @@ from medk2n.errors import MedK2NError
 # Top-level packages an optional extra installs: a command run without them names the extra.
 EXTRAS = {
     "torch": "train", "sam2": "train", "safetensors": "train", "yaml": "train", "tensorboard": "train",
-    "sentence_transformers": "train", "onnx": "export", "onnxscript": "export", "polygraphy": "export",
-    "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt", "onnxruntime": "cpu",
+    "sentence_transformers": "train", "onnx": "export", "onnxscript": "export",
+    "matplotlib": "data", "scipy": "data", "nilearn": "data", "tensorrt": "trt", "cuda": "trt", "onnxruntime": "cpu",
     "tritonclient": "triton",
 }
 
