@@ -222,7 +222,7 @@ class SliceDataset:
         sources = images[src]
         first_slot = 0 if self.degrade_any_source else 1
         if self.source_artifacts and len(src) > first_slot and rng.random() < self.source_artifacts:
-            sources = self._degrade_one(sources, images, src, first_slot, rng)
+            sources = self._degrade_one(sources, images, src, tgt, first_slot, rng)
         x, src_ids, avail = _pad(sources, case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {
@@ -236,20 +236,26 @@ class SliceDataset:
             "lesion": lesion,
         }
 
-    def _degrade_one(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray, first_slot: int,
-                     rng: np.random.Generator) -> np.ndarray:
+    def _degrade_one(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray, tgt: np.ndarray,
+                     first_slot: int, rng: np.random.Generator) -> np.ndarray:
         """One source (slot >= first_slot) degraded by a random artefact (data.artifacts); targets untouched.
 
         first_slot 0 also degrades the base slot and a lone source: a fusion that picks its base by
         predicted quality (model.base_by_quality) learns what a degraded frame alone costs only from
-        one-source samples whose source is degraded."""
+        one-source samples whose source is degraded.
+
+        The wrong contrast is never one of the sample's targets: a target under a source's name is the
+        answer itself, which teaches the network to trust a mislabelled frame instead of refusing it
+        (with four targets out of five other contrasts, most wrong-contrast draws used to leak one).
+        Where every other contrast is a target, the slot gets another artefact instead."""
         slot = int(rng.integers(first_slot, len(src)))
         kind = ARTIFACTS[int(rng.integers(0, len(ARTIFACTS)))]
-        # Never empty: a sample with two sources has at least two contrasts.
-        others = [i for i in range(len(images)) if i != src[slot]]
-        other = images[others[int(rng.integers(0, len(others)))]]
+        others = [i for i in range(len(images)) if i != src[slot] and i not in set(tgt.tolist())]
+        pick = int(rng.integers(0, max(len(others), 1)))
+        if kind == "contrast" and not others:
+            kind = next(a for a in ARTIFACTS if a != "contrast")
         sources = sources.copy()
-        sources[slot] = degrade(sources[slot], kind, rng, other)
+        sources[slot] = degrade(sources[slot], kind, rng, images[others[pick]] if others else None)
         return sources
 
     def _draw_counts(self, rng: np.random.Generator, available: int, stage: str) -> tuple[int, int]:

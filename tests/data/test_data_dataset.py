@@ -242,3 +242,32 @@ def test_degrade_any_source_also_degrades_the_base_and_lone_sources(dataset_root
         else:
             lone_hit += int(changed[0])
     assert base_hit > 0 and lone_hit > 0 and two_source > 0
+
+
+def test_a_wrong_contrast_artefact_is_never_a_target_of_the_sample(dataset_root):
+    """The 'contrast' artefact puts another contrast under a source's name; a target there would be the answer."""
+    from medk2n.data import dataset as dataset_module
+
+    faulty = make(dataset_root, source_artifacts=1.0, degrade_any_source=True)
+    calls = []
+    real = dataset_module.degrade
+
+    def spy(image, kind, rng, other=None):
+        calls.append((kind, None if other is None else other.copy()))
+        return real(image, kind, rng, other)
+
+    dataset_module.degrade = spy
+    contrasts = 0
+    try:
+        for i in range(len(faulty)):
+            for seed in range(12):
+                calls.clear()
+                item = faulty.sample(i, "kton", np.random.default_rng(seed))
+                targets = item["target"][item["tgt_valid"] > 0]
+                for kind, other in calls:
+                    if kind == "contrast":
+                        contrasts += 1
+                        assert not any(np.array_equal(other, t) for t in targets)
+    finally:
+        dataset_module.degrade = real
+    assert contrasts > 5
