@@ -104,15 +104,6 @@ def test_task_parsing_and_method_configs():
         method_config("tiny", "B5", seed=0, overrides={"model": {"image_sise": 32}})
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from medk2n.data.phantom import generate_dataset
-
-    root = tmp_path_factory.mktemp("quality") / "data"
-    generate_dataset(root, subjects=4, seed=5, spacing=4.0)
-    return root
-
-
 def test_split_is_seeded_disjoint_and_skips_incomplete_subjects(phantom, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,15 +108,6 @@ def test_corrupted_sources_are_named_sources_of_the_task_once_each():
     with pytest.raises(ConfigError, match="needs two"):
         _corrupted_sources(None, Task(("flair",), ("dwi",)))
     assert without_source(task, "flair") == Task(("adc",), ("dwi", "t2"))
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from medk2n.data.phantom import generate_dataset
-
-    root = tmp_path_factory.mktemp("robustness") / "data"
-    generate_dataset(root, subjects=4, seed=6, spacing=4.0)
-    return root
 
 
 @pytest.mark.slow
