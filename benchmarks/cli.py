@@ -130,7 +130,7 @@ def robustness(data: Path, task: str, source: str | None, methods: str, budget_m
         names = [m.strip() for m in methods.split(",") if m.strip()]
         results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
                                  progress=_progress, tag=tag, steps=steps)
-        for one in ([results] if "settings" in results else results.values()):
+        for one in results.values():
             click.echo(markdown(one))
         return 0
 

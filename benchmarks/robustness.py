@@ -97,7 +97,8 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
     """Train each method, score it clean and with each of `source` degraded; write robustness[-tag].{json,md}.
 
     `source` may name several of the task's sources: the methods train once and each source gets
-    its own result files, robustness[-tag]-<source>.*; the returned dict is keyed by source then.
+    its own result files, robustness[-tag]-<source>.* (one source keeps robustness[-tag].*). Returns
+    {source: results}.
     `steps` ("N" or "METHOD=N,...") trains fixed step counts instead of `budget_minutes` of wall clock;
     `overrides` apply to every method's config (e.g. a smaller image for tests)."""
     stem = result_stem(tag, "robustness")  # a bad tag fails before minutes of training
@@ -122,15 +123,12 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                      + ", ".join(sources))
             clean, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device, references=False)
             for name in sources:
-                rows[name][method] = {"clean": clean}
-                for kind in CORRUPTIONS:
+                rows[name][method] = {"clean": clean}  # one clean score serves every corrupted source
+                conditions = [*((kind, task, test_sets[name, kind]) for kind in CORRUPTIONS),
+                              (ABSENT, without_source(task, name), split["test_dir"])]
+                for kind, asked, test_dir in conditions:
                     rows[name][method][kind], _ = evaluate_checkpoint(
-                        runs[method]["checkpoint"], [task], {**split, "test_dir": test_sets[name, kind]}, device,
-                        references=False)
-                without = without_source(task, name)
-                absent_rows, _ = evaluate_checkpoint(runs[method]["checkpoint"], [without], split, device,
-                                                     references=False)
-                rows[name][method][ABSENT] = [{**r, "task": task.key} for r in absent_rows]
+                        runs[method]["checkpoint"], [asked], {**split, "test_dir": test_dir}, device, references=False)
     every = {}
     for name in sources:
         results = summarise(rows[name], task, name, runs)
@@ -141,7 +139,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                        split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
         write_outputs(results, Path(out), stem if len(sources) == 1 else f"{stem}-{name}")
         every[name] = results
-    return every[sources[0]] if len(sources) == 1 else every
+    return every
 
 
 def _corrupted_sources(source: str | Sequence[str] | None, task: Task) -> list[str]:

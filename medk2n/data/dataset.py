@@ -250,8 +250,9 @@ class SliceDataset:
         Where every other contrast is a target, the slot gets another artefact instead."""
         slot = int(rng.integers(first_slot, len(src)))
         kind = ARTIFACTS[int(rng.integers(0, len(ARTIFACTS)))]
-        others = [i for i in range(len(images)) if i != src[slot] and i not in set(tgt.tolist())]
-        pick = int(rng.integers(0, max(len(others), 1)))
+        excluded = {int(src[slot]), *tgt.tolist()}
+        others = [i for i in range(len(images)) if i not in excluded]
+        pick = int(rng.integers(0, max(len(others), 1)))  # drawn even when unused: the same draws either way
         if kind == "contrast" and not others:
             kind = next(a for a in ARTIFACTS if a != "contrast")
         sources = sources.copy()
