@@ -33,6 +33,7 @@ from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config,
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
+from medk2n.benchmarks.source_check import CLEAN, source_check_scores
 from medk2n.data.artifacts import motion_ghosts, rician_noise
 from medk2n.data.cases import discover_dataset
 from medk2n.data.mask import brain_mask
@@ -113,6 +114,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                                                       seed)
                      for name in sources for kind in CORRUPTIONS}
         rows: dict[str, dict[str, dict[str, list[dict]]]] = {name: {} for name in sources}
+        checks: dict[str, dict[str, dict]] = {name: {} for name in sources}
         runs = {}
         for method in methods:
             cfg = method_config(preset, method, seed, overrides)
@@ -129,9 +131,15 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                 for kind, asked, test_dir in conditions:
                     rows[name][method][kind], _ = evaluate_checkpoint(
                         runs[method]["checkpoint"], [asked], {**split, "test_dir": test_dir}, device, references=False)
+                scores = source_check_scores(runs[method]["checkpoint"],
+                                             {CLEAN: split["test_dir"], **{k: test_sets[name, k] for k in CORRUPTIONS}},
+                                             task.sources, task.targets[0], name)
+                if scores is not None:
+                    checks[name][method] = scores
     every = {}
     for name in sources:
         results = summarise(rows[name], task, name, runs)
+        results["source_check"] = checks[name]
         results.update(settings={"task": task.key, "corrupted_source": name, "methods": list(methods),
                                  "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
                                  "preset": preset, "seed": seed,
@@ -205,6 +213,18 @@ def markdown(results: dict) -> str:
         median = test.get("median_diff")
         lines.append(f"| {name} | {test['wins_of_first']}/{test['subjects']} | "
                      f"{'–' if median is None else f'{median:+.2f}'} | {format_p(test)} |")
+    checks = results.get("source_check") or {}
+    if checks:
+        lines += ["", f"Source check (models with one): mean p(`{s['corrupted_source']}` holds the contrast it is "
+                  "named as) over the test subjects' brain slices, and the AUC of telling each corruption from "
+                  "clean (0.5 chance, 1 perfect; the check is trained on wrong contrasts only):", "",
+                  "| method | slices | clean | " + " | ".join(CORRUPTIONS) + " | " +
+                  " | ".join(f"AUC {k}" for k in CORRUPTIONS) + " |", "|---|---|---|" + "---|" * 2 * len(CORRUPTIONS)]
+        for method, c in checks.items():
+            p = c["p_named_right"]
+            lines.append(f"| {method} | {c['slices']} | {p[CLEAN]:.3f} | "
+                         + " | ".join(f"{p[k]:.3f}" for k in CORRUPTIONS) + " | "
+                         + " | ".join(f"{c['auc'][k]:.3f}" for k in CORRUPTIONS) + " |")
     return "\n".join(lines) + "\n"
 
 

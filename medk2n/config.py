@@ -116,6 +116,11 @@ class ModelConfig:
     # request names them: a degraded first source no longer becomes the ungated base frame.
     # Off for checkpoints written before it existed, whose fusion was trained in request order.
     base_by_quality: bool = False
+    # SourceCheckNet (models/gates.py): a per-frame probability that a source holds the contrast it is
+    # named as, trained on the training 'contrast' artefact, which puts a frame that fails the check
+    # last in the fusion and closes its gate. B0 (no fusion) ignores it. Off for checkpoints
+    # written before it existed.
+    source_check: bool = False
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
@@ -166,6 +171,9 @@ class LossConfig:
     lesion: float = 0.2
     histogram: float = 1.0
     gradient: float = 0.0
+    # Binary cross-entropy of SourceCheckNet against the sources the dataset replaced by another
+    # contrast (models built with model.source_check only).
+    source_check: float = 0.1
     temperature: float = 0.07
     margin: float = 0.2
 
@@ -313,7 +321,7 @@ def preset(name: str) -> ExperimentConfig:
 
 
 def _quality_ordered(cfg: ExperimentConfig) -> ExperimentConfig:
-    return replace(cfg, model=replace(cfg.model, base_by_quality=True),
+    return replace(cfg, model=replace(cfg.model, base_by_quality=True, source_check=True),
                    train=replace(cfg.train, degrade_any_source=True))
 
 

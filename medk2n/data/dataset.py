@@ -220,15 +220,20 @@ class SliceDataset:
         if self.augment:
             images, mask, lesion = self._augment(images, mask, lesion, case.ids, flip, gamma)
         sources = images[src]
+        # Per slot: 1 if it holds the contrast it is named as, 0 where the 'contrast' artefact put another
+        # one there (the label models.gates.SourceCheckNet learns; padding slots are ignored).
+        named_right = np.ones(self.max_sources, dtype=np.float32)
         first_slot = 0 if self.degrade_any_source else 1
         if self.source_artifacts and len(src) > first_slot and rng.random() < self.source_artifacts:
-            sources = self._degrade_one(sources, images, src, tgt, first_slot, rng)
+            sources, slot, kind = self._degrade_one(sources, images, src, tgt, first_slot, rng)
+            named_right[slot] = 0.0 if kind == "contrast" else 1.0
         x, src_ids, avail = _pad(sources, case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {
             "x": x,
             "src": src_ids,
             "avail": avail,
+            "named_right": named_right,
             "target": target,
             "tgt": tgt_ids,
             "tgt_valid": tgt_valid,
@@ -237,8 +242,9 @@ class SliceDataset:
         }
 
     def _degrade_one(self, sources: np.ndarray, images: np.ndarray, src: np.ndarray, tgt: np.ndarray,
-                     first_slot: int, rng: np.random.Generator) -> np.ndarray:
+                     first_slot: int, rng: np.random.Generator) -> tuple[np.ndarray, int, str]:
         """One source (slot >= first_slot) degraded by a random artefact (data.artifacts); targets untouched.
+        Returns the sources, the degraded slot and the artefact's kind.
 
         first_slot 0 also degrades the base slot and a lone source: a fusion that picks its base by
         predicted quality (model.base_by_quality) learns what a degraded frame alone costs only from
@@ -257,7 +263,7 @@ class SliceDataset:
             kind = next(a for a in ARTIFACTS if a != "contrast")
         sources = sources.copy()
         sources[slot] = degrade(sources[slot], kind, rng, images[others[pick]] if others else None)
-        return sources
+        return sources, slot, kind
 
     def _draw_counts(self, rng: np.random.Generator, available: int, stage: str) -> tuple[int, int]:
         many_sources, many_targets = STAGES[stage]

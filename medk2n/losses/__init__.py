@@ -1,7 +1,7 @@
 """Training objective of Med-K2N (paper eq. 14) and of the baseline.
 
     L = l1 * L1 + ssim * (1 - SSIM) + cmim * L_con + metric * L_tri + quality * L_q
-        + lesion * L1_lesion + histogram * W1 + gradient * L1_grad
+        + lesion * L1_lesion + histogram * W1 + gradient * L1_grad + source_check * BCE_check
 
 L1_lesion (our addition, see LossConfig) is L1 weighted by the shipped lesion
 mask's cover of each pixel; it is 0 for batches without lesion masks. W1 (our
@@ -20,6 +20,11 @@ rest. Equal weights trained identical heads into near-duplicates, which left
 the quality-driven selection nothing to choose between; the small share keeps
 every head a usable synthesis.
 
+BCE_check (our addition) trains SourceCheckNet, for models built with it, to
+tell a source that holds its named contrast from one the dataset replaced by
+another contrast (models.gates); it is 0 without the per-slot `named_right`
+labels the training dataset emits.
+
 CMIM terms (L_con, L_tri) exist only for models built with CMIM switched on
 (config.ABLATIONS "cmim"), i.e. whose detailed output carries `image_embed`.
 """
@@ -35,7 +40,7 @@ from torch import nn
 from medk2n.config import LossConfig
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
 from medk2n.losses.image import gradient_l1, histogram_l1, masked_l1, ssim
-from medk2n.losses.quality import quality_loss
+from medk2n.losses.quality import quality_loss, source_check_loss
 from medk2n.models.output import K2NOutput
 
 
@@ -48,14 +53,17 @@ def total_loss(
     mask: torch.Tensor | None = None,
     tgt_valid: torch.Tensor | None = None,
     lesion: torch.Tensor | None = None,
+    named_right: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 14 over the valid targets.
 
     target [B,N,H,W]; tgt [B,N]; mask [B,N,H,W] pixel weights for L1/SSIM
     (None = every pixel); tgt_valid [B,N] (0 = padded target, excluded from
     every term; None = all valid); lesion [B,H,W] lesion cover per pixel
-    (None = no lesion masks). Returns the loss and the value of each term,
-    {"l1", "ssim" (1 - SSIM of the image plus that of the heads), "lesion", "histogram", "gradient", "cmim", "metric", "quality"}, as floats.
+    (None = no lesion masks); named_right [B,K] 1 where a source holds its named contrast, 0 where the
+    dataset put another contrast there (None = unknown: no source-check term). Returns the loss and the value of each term,
+    {"l1", "ssim" (1 - SSIM of the image plus that of the heads), "lesion", "histogram", "gradient",
+    "source_check", "cmim", "metric", "quality"}, as floats.
     """
     valid = torch.ones_like(target[:, :, 0, 0]) if tgt_valid is None else tgt_valid.to(target.dtype)
     weight = valid[:, :, None, None].expand_as(target)
@@ -69,6 +77,7 @@ def total_loss(
         "histogram": _image_and_candidates_histogram(out, target, weight),
         "gradient": _image_and_heads(gradient_l1, out, target, weight),
         "quality": quality_loss(out, target, valid, mask),
+        "source_check": source_check_loss(out, named_right),
     }
     if out.image_embed is not None:
         terms["cmim"] = contrastive_loss(out.image_embed, model.text_embeddings, tgt, valid, cfg.temperature)

@@ -15,6 +15,10 @@ the synthesis without steering it:
 - the fusion's quality estimate Q: the final synthesis' error pooled to the
   stride-8 fusion grid, regressed directly (Q drives the accept/reject of
   auxiliary frames; it is an internal gate, not an output).
+
+The source check (models.gates.SourceCheckNet) is the one predictor trained
+on a label rather than an error: which source the dataset replaced by another
+contrast.
 """
 
 from __future__ import annotations
@@ -42,3 +46,14 @@ def quality_loss(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor,
         pooled = F.avg_pool2d((out.images - target).abs().detach(), factor)
         loss = loss + weighted_mean((out.state_error - pooled).abs(), valid[:, :, None, None].expand_as(pooled))
     return loss
+
+
+def source_check_loss(out: K2NOutput, named_right: torch.Tensor | None) -> torch.Tensor:
+    """Binary cross-entropy of SourceCheckNet's logits [B,K] against named_right [B,K] (1: the source holds
+    its named contrast, 0: another one), over the present sources; 0 for a model without the check or a
+    batch without labels."""
+    if out.source_check is None or named_right is None:
+        return out.images.new_zeros(())
+    per_slot = F.binary_cross_entropy_with_logits(out.source_check, named_right.to(out.source_check.dtype),
+                                                  reduction="none")
+    return weighted_mean(per_slot, out.avail.to(per_slot.dtype))

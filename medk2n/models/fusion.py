@@ -29,6 +29,14 @@ B4/B5 EffiWeightNet's spatial map, filtered by the same threshold step as B3
 The share of the frame the fusion takes, accept x w_eff, also weighs its
 pixels in the decoder's fine-scale paths (heads.mix_slots), so a frame the
 gates turn down does not leak back there.
+
+With `model.source_check`, SourceCheckNet's probability s_k that frame k holds
+the contrast it is named as (gates.SourceCheckNet, supervised by the training
+'contrast' artefact) enters twice: the order score is Q + (1 - s_k), so a
+frame that fails the check is fused last whatever Q says of it, and its
+acceptance is a_k * s_k. s is detached here: the check is trained to detect,
+and the fusion obeys it, rather than the synthesis loss bending it into one
+more free gate.
 """
 
 from __future__ import annotations
@@ -134,13 +142,19 @@ class SequentialFusion(nn.Module):
         avail: torch.Tensor,
         c_task: torch.Tensor,
         c_modal: torch.Tensor,
+        trust: torch.Tensor | None = None,
     ) -> FusionResult:
-        """feats [M,K,D,h,w], src [M,K], tgt [M], avail [M,K], c_task [M,D], c_modal [M,K,D]."""
+        """feats [M,K,D,h,w], src [M,K], tgt [M], avail [M,K], c_task [M,D], c_modal [M,K,D];
+        trust [M,K] SourceCheckNet's probabilities (None: no check, every frame trusted)."""
         order = None
+        if trust is not None:
+            trust = trust.detach()
         if self.base_by_quality and feats.shape[1] > 1:
-            order = self.quality_order(feats, avail, c_task)
+            order = self.quality_order(feats, avail, c_task, trust)
             feats, c_modal = (torch.einsum("mik,mk...->mi...", order, t) for t in (feats, c_modal))
             avail = torch.einsum("mik,mk->mi", order, avail)
+            if trust is not None:
+                trust = torch.einsum("mik,mk->mi", order, trust)
             src = (order.long() * src.unsqueeze(1)).sum(dim=2)
         state = feats[:, 0]
         trace: dict[str, list[torch.Tensor]] = {}
@@ -148,6 +162,8 @@ class SequentialFusion(nn.Module):
             gates, candidate = self._propose(state, feats[:, k], src[:, k], tgt, c_task, c_modal[:, k])
             dq = self._score(state, c_task) - self._score(candidate, c_task)
             gates["accept"] = self._accept(dq) * avail[:, k]
+            if trust is not None:
+                gates["accept"] = gates["accept"] * trust[:, k]
             state = state + gates["accept"].view(-1, 1, 1, 1) * (candidate - state)
             for name, value in gates.items():
                 trace.setdefault(name, []).append(value)
@@ -158,16 +174,19 @@ class SequentialFusion(nn.Module):
             order=order,
         )
 
-    def quality_order(self, feats: torch.Tensor, avail: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
+    def quality_order(self, feats: torch.Tensor, avail: torch.Tensor, c_task: torch.Tensor,
+                      trust: torch.Tensor | None = None) -> torch.Tensor:
         """[M,K,K] one-hot permutation putting the frames best predicted quality first, absent ones last.
 
         Each frame is scored by Q as if it were the fused state alone (the state a one-source request
-        ends with, so Q is trained on exactly this). The rank is counted with comparisons, not a sort:
-        ties keep slot order, and the graph exports to any ONNX opset as plain elementwise ops.
+        ends with, so Q is trained on exactly this), plus 1 - trust when a source check is given. The rank
+        is counted with comparisons, not a sort: ties keep slot order, and the graph exports to any ONNX opset as plain elementwise ops.
         """
         m, k = feats.shape[:2]
         score = self._score(feats.flatten(0, 1), c_task.repeat_interleave(k, dim=0)).view(m, k)
         score = score.detach() + (1.0 - avail) * 1e3  # absent frames go last; Q in [0,1]
+        if trust is not None:
+            score = score + (1.0 - trust)
         before = score.unsqueeze(1) < score.unsqueeze(2)  # [M,K(k),K(j)]: frame j ranks before k
         slot = torch.arange(k, device=feats.device)
         tie_before = (score.unsqueeze(1) == score.unsqueeze(2)) & (slot.view(1, 1, k) < slot.view(1, k, 1))

@@ -119,3 +119,29 @@ def threshold_filter(w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 def threshold_weight(w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """B3 without EffiWeightNet: keep w where it clears tau, fade it out below (soft step)."""
     return w * threshold_filter(w, tau)
+
+
+class SourceCheckNet(nn.Module):
+    """Logit of p(frame k holds the contrast it is named as), one per source frame.
+
+    A quality score learnt only from the synthesis error cannot tell a frame that *is* a contrast from
+    one that is *named* it: an ADC map given under FLAIR's name is sharp and noise-free, and the fusion
+    took it (docs/experiments.md: B5 lost 2-9x more to a wrong contrast than to losing the source). This
+    check is supervised directly, by binary cross-entropy against the dataset's 'contrast' artefact
+    (losses.source_check_loss), and reads the frame's features beside the embedding of its declared
+    contrast, so a contrast that does not match its name is what it learns to see. Noise and motion
+    ghosts are deliberately not its business: a noisy FLAIR is still a FLAIR, and the quality gates
+    weigh what is left in it (refusing noisy frames outright, as a first version of this check did,
+    raised B5's loss under noise from 0.10-0.35 dB to 0.86-1.07). It is frame-wide: a mislabelled
+    series is wrong in every slice.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = _mlp(3 * dim, dim, 1)
+
+    def forward(self, feats: torch.Tensor, c_modal: torch.Tensor) -> torch.Tensor:
+        """feats [B,K,D,h,w] (modality embedding added), c_modal [B,K,D] -> logits [B,K]."""
+        mean = feats.mean(dim=(3, 4))
+        spread = feats.var(dim=(3, 4), unbiased=False).add(1e-6).sqrt()
+        return self.mlp(torch.cat([mean, spread, c_modal], dim=2))[..., 0]

@@ -2,6 +2,7 @@
 
     x [B,K,H,W] --SliceEncoder (SAM2 Hiera + LoRA, per-modality input map)--> FPN levels per frame
               --MultiScaleNet--> F_k [B,K,C,H/8,W/8] (+ modality embedding c_modal)
+              --SourceCheckNet (optional)--> s_k = p(frame k holds the contrast it is named as)
               --SequentialFusion per target (task prototypes, gates, quality acceptance)--> f [B,N,C,H/8,W/8]
               --TaskHeadNet (+ the slots' stride-4 level and source pixels at full/half/quarter
                 resolution, mixed per target by accept x w_eff; task embedding c_task)--> images, scale
@@ -24,7 +25,7 @@ from medk2n.models.blocks import expand_targets, present_mean
 from medk2n.models.cmim import ImageEmbedder
 from medk2n.models.encoder import SIZE_MULTIPLE, SliceEncoder
 from medk2n.models.fusion import SequentialFusion
-from medk2n.models.gates import EffiWeightNet, PreWeightNet, ThresholdNet
+from medk2n.models.gates import EffiWeightNet, PreWeightNet, SourceCheckNet, ThresholdNet
 from medk2n.models.heads import TaskHeadNet
 from medk2n.models.lora import merge_lora
 from medk2n.models.prototypes import TaskPrototypes
@@ -58,6 +59,8 @@ class MedK2N(nn.Module):
             if switches["task_memory"]
             else None
         )
+        # The check gates the fusion; B0 has none to gate, and ignores the switch as it does base_by_quality.
+        self.source_check = SourceCheckNet(dim) if cfg.source_check and self.fusion is not None else None
         self.heads = TaskHeadNet(dim, cfg.feature_dim, cfg.num_candidate_heads, vocab)
         self.embedder = ImageEmbedder(cfg.text_dim) if switches["cmim"] else None
         self.register_buffer("text_embeddings", text_embeddings.detach().float().clone())
@@ -109,6 +112,7 @@ class MedK2N(nn.Module):
         c_modal = self.modality_embed(src)  # [B,K,C]
         feats = self.scales(levels).unflatten(0, (-1, k)) + c_modal.unsqueeze(-1).unsqueeze(-1)
         c_task = self.task_embed(tgt)  # [B,N,C]
+        check = None if self.source_check is None else self.source_check(feats, c_modal)  # [B,K] logits
         gates: dict[str, torch.Tensor] = {}
         state_error = None
         # How much of each slot reaches each target's fine-scale paths: every present slot alike
@@ -122,6 +126,7 @@ class MedK2N(nn.Module):
             result = self.fusion(
                 expand_targets(feats, n), expand_targets(src, n), tgt.flatten(),
                 expand_targets(avail, n), c_task.flatten(0, 1), expand_targets(c_modal, n),
+                None if check is None else expand_targets(torch.sigmoid(check), n),
             )
             fused = result.features.unflatten(0, (-1, n))
             gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
@@ -136,5 +141,5 @@ class MedK2N(nn.Module):
         heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, tgt, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
-            src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error,
+            src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error, source_check=check,
         )

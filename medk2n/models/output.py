@@ -28,6 +28,7 @@ class K2NOutput:
     state_error: torch.Tensor | None = None  # [B,N,h,w] fusion quality estimate Q of the final state
     image_embed: torch.Tensor | None = None  # [B,N,text_dim] generated images (CMIM on)
     source_embed: torch.Tensor | None = None  # [B,K,text_dim] real source images (CMIM on)
+    source_check: torch.Tensor | None = None  # [B,K] SourceCheckNet logits (model.source_check on)
 
 
 def check_inputs(x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None) -> None:

@@ -318,8 +318,8 @@ def _step(forward, model, batch, cfg, optimizer, scaler, amp_dtype) -> tuple[flo
         with torch.autocast(batch["x"].device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = forward(part["x"], part["src"], part["tgt"], part["avail"])
             mask = part["mask"].unsqueeze(1).expand_as(part["target"])
-            loss, parts = total_loss(out, part["target"], part["tgt"], model, cfg.loss,
-                                     mask=mask, tgt_valid=part["tgt_valid"], lesion=part["lesion"])
+            loss, parts = total_loss(out, part["target"], part["tgt"], model, cfg.loss, mask=mask,
+                                     tgt_valid=part["tgt_valid"], lesion=part["lesion"], named_right=part.get("named_right"))
         scaler.scale(loss / chunks).backward()
         total += float(loss.detach()) / chunks
         for k, v in parts.items():
@@ -343,8 +343,9 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     k = max(1, int(batch["avail"].sum(dim=1).max()))
     n = max(1, int(batch["tgt_valid"].sum(dim=1).max()))
     out = dict(batch)
-    for name in ("x", "src", "avail"):
-        out[name] = batch[name][:, :k]
+    for name in ("x", "src", "avail", "named_right"):
+        if name in batch:
+            out[name] = batch[name][:, :k]
     for name in ("target", "tgt", "tgt_valid"):
         out[name] = batch[name][:, :n]
     return out

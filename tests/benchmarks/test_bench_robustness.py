@@ -10,6 +10,7 @@ import pytest
 from medk2n.benchmarks.quality import Task
 from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, KINDS, _corrupted_sources, corrupt, drops, markdown,
                                           run_robustness, summarise, without_source)
+from medk2n.benchmarks.source_check import auc
 from medk2n.errors import ConfigError
 
 
@@ -126,3 +127,15 @@ def test_two_corrupted_sources_train_once_and_write_a_result_each(phantom, tmp_p
     # Leaving a different source out changes the score: the column really drops the named source.
     assert flair[ABSENT]["per_subject_drop"] != adc[ABSENT]["per_subject_drop"]
     assert json.loads((out / "robustness-t-adc.json").read_text())["settings"]["corrupted_source"] == "adc"
+    # The preset's source check is scored on the same test sets: a probability per condition, an AUC per
+    # corruption, and a table in the report.
+    check = every["flair"]["source_check"]["B5"]
+    assert set(check["p_named_right"]) == {"clean", *CORRUPTIONS} and set(check["auc"]) == set(CORRUPTIONS)
+    assert all(0.0 <= v <= 1.0 for part in ("p_named_right", "auc") for v in check[part].values()) and check["slices"] > 0
+    assert "Source check" in (out / "robustness-t-flair.md").read_text()
+
+
+def test_auc_counts_how_often_a_clean_slice_outscores_a_degraded_one():
+    assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert auc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert auc(np.array([0.5, 0.9]), np.array([0.5, 0.1])) == pytest.approx(0.875)  # one tie, counted half

@@ -244,6 +244,40 @@ def test_degrade_any_source_also_degrades_the_base_and_lone_sources(dataset_root
     assert base_hit > 0 and lone_hit > 0 and two_source > 0
 
 
+def test_named_right_labels_mark_exactly_the_slot_given_another_contrast(dataset_root):
+    """The source check learns from these labels: 0 where the 'contrast' artefact put another contrast under
+    the slot's name, 1 everywhere else, noise and ghosts included (a noisy FLAIR is still a FLAIR)."""
+    from medk2n.data import dataset as dataset_module
+
+    clean = make(dataset_root, source_artifacts=0.0)
+    faulty = make(dataset_root, source_artifacts=1.0, degrade_any_source=True)
+    kinds = []
+    real = dataset_module.degrade
+
+    def spy(image, kind, rng, other=None):
+        kinds.append(kind)
+        return real(image, kind, rng, other)
+
+    dataset_module.degrade = spy
+    seen = set()
+    try:
+        for i in range(len(clean)):
+            for seed in range(4):
+                a = clean.sample(i, "kton", np.random.default_rng(seed))
+                kinds.clear()
+                b = faulty.sample(i, "kton", np.random.default_rng(seed))
+                assert a["named_right"].dtype == np.float32 and a["named_right"].shape == (2,)
+                assert np.all(a["named_right"] == 1.0)
+                (kind,) = kinds  # one artefact per sample here
+                seen.add(kind)
+                changed = [not np.array_equal(a["x"][s], b["x"][s]) for s in range(2)]
+                expected = [0.0 if kind == "contrast" and changed[s] else 1.0 for s in range(2)]
+                np.testing.assert_array_equal(b["named_right"], expected)
+    finally:
+        dataset_module.degrade = real
+    assert seen == {"noise", "ghosting", "contrast"}
+
+
 def test_a_wrong_contrast_artefact_is_never_a_target_of_the_sample(dataset_root):
     """The 'contrast' artefact puts another contrast under a source's name; a target there would be the answer."""
     from medk2n.data import dataset as dataset_module

@@ -31,7 +31,7 @@ def test_parts_and_weights():
     x, src, tgt, target = _batch()
     out = model.forward_detailed(x, src, tgt)
     loss, parts = total_loss(out, target, tgt, model, LossConfig())
-    assert set(parts) == {"l1", "ssim", "lesion", "histogram", "gradient", "cmim", "metric", "quality"}
+    assert set(parts) == {"l1", "ssim", "lesion", "histogram", "gradient", "cmim", "metric", "quality", "source_check"}
     assert all(isinstance(v, float) for v in parts.values()) and parts["cmim"] > 0
     cfg = LossConfig(l1=2.0, ssim=0.0, cmim=0.0, metric=0.0, quality=0.0, histogram=0.0)
     only_l1, _ = total_loss(out, target, tgt, model, cfg)

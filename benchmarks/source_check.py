@@ -1,0 +1,72 @@
+"""How well a trained model's source check (models.gates.SourceCheckNet) tells a mislabelled source.
+
+The robustness benchmark's score says what a degraded source costs the synthesis; this says whether the
+module meant to catch a wrong contrast does: per test condition (clean, and each corruption of one
+source), the mean probability the check gives that source of holding its named contrast, over the brain
+slices of the test subjects, and the AUC of telling each corruption from clean (0.5: chance, 1: every
+degraded slice scored below every clean one). The check is trained on the wrong contrast only, so under
+noise and ghosting a high probability (an AUC near 0.5) is what it should give: those frames are left
+to the quality gates. The slices are prepared by the runtime's own
+preprocessing (data.preprocess.prepare_case), so the check sees what it sees in deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from medk2n.data.cases import discover_dataset
+from medk2n.data.nifti import read_volume
+from medk2n.data.preprocess import prepare_case
+from medk2n.eval.metrics import _rank
+from medk2n.train.checkpoint import load_checkpoint
+
+CLEAN = "clean"
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(a positive scores above a negative), ties counted half (Mann-Whitney U / n1 n2)."""
+    positives, negatives = np.ravel(positives), np.ravel(negatives)
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    ranks = _rank(np.concatenate([positives, negatives])) + 1.0
+    n1, n2 = len(positives), len(negatives)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n2))
+
+
+def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str], target: str,
+                        source: str) -> np.ndarray:
+    """p(named right) the check gives `source`, one value per brain slice of every case under `test_dir`."""
+    slot = list(sources).index(source)
+    ids = torch.tensor([cfg.model.modality_id(m) for m in sources])
+    tgt = torch.tensor([cfg.model.modality_id(target)])
+    values = []
+    for case in discover_dataset(test_dir):
+        prepared = prepare_case({m: read_volume(case.files[m]) for m in sources}, cfg.model.normalization,
+                                cfg.model.image_size)
+        keep = prepared.brain.reshape(len(prepared.brain), -1).any(axis=1)
+        x = torch.from_numpy(np.stack([prepared.slices[m] for m in sources], axis=1)[keep])
+        with torch.no_grad():
+            logits = model.forward_detailed(x, ids.expand(len(x), -1), tgt.expand(len(x), -1)).source_check
+        values.append(torch.sigmoid(logits[:, slot]).numpy())
+    return np.concatenate(values) if values else np.zeros(0, dtype=np.float32)
+
+
+def source_check_scores(checkpoint: Path, test_sets: Mapping[str, Path], sources: Sequence[str], target: str,
+                        source: str) -> dict | None:
+    """{"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "slices": n}; None for a model
+    without a check. `test_sets` maps "clean" and each corruption to its test folder."""
+    model, cfg, _ = load_checkpoint(checkpoint)
+    if getattr(model, "source_check", None) is None:
+        return None
+    model.eval()
+    probs = {kind: check_probabilities(model, cfg, Path(folder), sources, target, source)
+             for kind, folder in test_sets.items()}
+    return {
+        "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
+        "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
+        "slices": int(len(probs[CLEAN])),
+    }
