@@ -6,8 +6,8 @@ source), the mean probability the check gives that source of holding its named c
 slices of the test subjects, and the AUC of telling each corruption from clean (0.5: chance, 1: every
 degraded slice scored below every clean one). The check is trained on the wrong contrast only, so under
 noise and ghosting a high probability (an AUC near 0.5) is what it should give: those frames are left
-to the quality gates. The slices are prepared by the runtime's own
-preprocessing (data.preprocess.prepare_case), so the check sees what it sees in deployment.
+to the quality gates. The slices are prepared by the runtime's own preprocessing
+(data.preprocess.prepare_case), so the check sees what it sees in deployment.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 from medk2n.data.cases import discover_dataset
 from medk2n.data.nifti import read_volume
 from medk2n.data.preprocess import prepare_case
-from medk2n.eval.metrics import _rank
 from medk2n.train.checkpoint import load_checkpoint
 
 CLEAN = "clean"
@@ -29,12 +28,12 @@ CLEAN = "clean"
 
 def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """P(a positive scores above a negative), ties counted half (Mann-Whitney U / n1 n2)."""
-    positives, negatives = np.ravel(positives), np.ravel(negatives)
+    positives, negatives = np.ravel(positives), np.sort(np.ravel(negatives))
     if not len(positives) or not len(negatives):
         return float("nan")
-    ranks = _rank(np.concatenate([positives, negatives])) + 1.0
-    n1, n2 = len(positives), len(negatives)
-    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n2))
+    below = np.searchsorted(negatives, positives, side="left")
+    tied = np.searchsorted(negatives, positives, side="right") - below
+    return float((below + 0.5 * tied).sum() / (len(positives) * len(negatives)))
 
 
 def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str], target: str,

@@ -60,9 +60,9 @@ def total_loss(
     target [B,N,H,W]; tgt [B,N]; mask [B,N,H,W] pixel weights for L1/SSIM
     (None = every pixel); tgt_valid [B,N] (0 = padded target, excluded from
     every term; None = all valid); lesion [B,H,W] lesion cover per pixel
-    (None = no lesion masks); named_right [B,K] 1 where a source holds its named contrast, 0 where the
-    dataset put another contrast there (None = unknown: no source-check term). Returns the loss and the value of each term,
-    {"l1", "ssim" (1 - SSIM of the image plus that of the heads), "lesion", "histogram", "gradient",
+    (None = no lesion masks); named_right [B,K] 1 where a source holds its named contrast, 0 where
+    the dataset put another contrast there (None = unknown: no source-check term). Returns the loss
+    and the value of each term, {"l1", "ssim" (1 - SSIM of the image plus that of the heads), "lesion", "histogram", "gradient",
     "source_check", "cmim", "metric", "quality"}, as floats.
     """
     valid = torch.ones_like(target[:, :, 0, 0]) if tgt_valid is None else tgt_valid.to(target.dtype)

@@ -30,13 +30,13 @@ The share of the frame the fusion takes, accept x w_eff, also weighs its
 pixels in the decoder's fine-scale paths (heads.mix_slots), so a frame the
 gates turn down does not leak back there.
 
-With `model.source_check`, SourceCheckNet's probability s_k that frame k holds
-the contrast it is named as (gates.SourceCheckNet, supervised by the training
-'contrast' artefact) enters twice: the order score is Q + (1 - s_k), so a
-frame that fails the check is fused last whatever Q says of it, and its
-acceptance is a_k * s_k. s is detached here: the check is trained to detect,
-and the fusion obeys it, rather than the synthesis loss bending it into one
-more free gate.
+With `model.source_check`, a trust s_k in (0,1) that frame k holds the
+contrast it is named as (gates.SourceCheckNet, supervised by the training
+'contrast' artefact; medk2n.SOURCE_CHECK_TEMPERATURE) enters twice: the order
+score is Q + (1 - s_k), so a frame that fails the check is fused last whatever
+Q says of it, and its acceptance is a_k * s_k. s is detached here: the check is
+trained to detect, and the fusion obeys it, rather than the synthesis loss
+bending it into one more free gate.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class SequentialFusion(nn.Module):
         trust: torch.Tensor | None = None,
     ) -> FusionResult:
         """feats [M,K,D,h,w], src [M,K], tgt [M], avail [M,K], c_task [M,D], c_modal [M,K,D];
-        trust [M,K] SourceCheckNet's probabilities (None: no check, every frame trusted)."""
+        trust [M,K] in (0,1) from SourceCheckNet (None: no check, every frame trusted)."""
         order = None
         if trust is not None:
             trust = trust.detach()
@@ -179,8 +179,9 @@ class SequentialFusion(nn.Module):
         """[M,K,K] one-hot permutation putting the frames best predicted quality first, absent ones last.
 
         Each frame is scored by Q as if it were the fused state alone (the state a one-source request
-        ends with, so Q is trained on exactly this), plus 1 - trust when a source check is given. The rank
-        is counted with comparisons, not a sort: ties keep slot order, and the graph exports to any ONNX opset as plain elementwise ops.
+        ends with, so Q is trained on exactly this), plus 1 - trust when a source check is given. The
+        rank is counted with comparisons, not a sort: ties keep slot order, and the graph exports to any
+        ONNX opset as plain elementwise ops.
         """
         m, k = feats.shape[:2]
         score = self._score(feats.flatten(0, 1), c_task.repeat_interleave(k, dim=0)).view(m, k)
