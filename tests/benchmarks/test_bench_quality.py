@@ -100,6 +100,10 @@ def test_task_parsing_and_method_configs():
         ordered = method_config(str(recipe.with_name(name)), "B5", seed=0)
         assert ordered.model.base_by_quality and ordered.train.degrade_any_source
         assert (ordered.loss, ordered.train.standardize_outputs) == (base.loss, base.train.standardize_outputs)
+    # The recipes of the shipped model and of results made before the source check keep it off.
+    for name in ("demo.yaml", "demo-ordered.yaml", "tiny-ordered.yaml", "tiny-request-order.yaml"):
+        assert not method_config(str(recipe.with_name(name)), "B5", seed=0).model.source_check
+    assert method_config("tiny", "B5", seed=0).model.source_check
     with pytest.raises(ConfigError, match="image_sise"):
         method_config("tiny", "B5", seed=0, overrides={"model": {"image_sise": 32}})
 
