@@ -124,18 +124,18 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
             progress(f"{method}: {runs[method]['steps']} steps; evaluating clean, degraded and without "
                      + ", ".join(sources))
             clean, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device, references=False)
+            scores = source_check_scores(runs[method]["checkpoint"], split["test_dir"],
+                                         {name: {k: test_sets[name, k] for k in CORRUPTIONS} for name in sources},
+                                         task.sources)
             for name in sources:
+                if scores is not None:
+                    checks[name][method] = scores[name]
                 rows[name][method] = {"clean": clean}  # one clean score serves every corrupted source
                 conditions = [*((kind, task, test_sets[name, kind]) for kind in CORRUPTIONS),
                               (ABSENT, without_source(task, name), split["test_dir"])]
                 for kind, asked, test_dir in conditions:
                     rows[name][method][kind], _ = evaluate_checkpoint(
                         runs[method]["checkpoint"], [asked], {**split, "test_dir": test_dir}, device, references=False)
-                scores = source_check_scores(runs[method]["checkpoint"],
-                                             {CLEAN: split["test_dir"], **{k: test_sets[name, k] for k in CORRUPTIONS}},
-                                             task.sources, task.targets[0], name)
-                if scores is not None:
-                    checks[name][method] = scores
     every = {}
     for name in sources:
         results = summarise(rows[name], task, name, runs)

@@ -36,12 +36,9 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((below + 0.5 * tied).sum() / (len(positives) * len(negatives)))
 
 
-def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str], target: str,
-                        source: str) -> np.ndarray:
-    """p(named right) the check gives `source`, one value per brain slice of every case under `test_dir`."""
-    slot = list(sources).index(source)
+def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str]) -> np.ndarray:
+    """p(named right) the check gives every source, [brain slices of every case under `test_dir`, K]."""
     ids = torch.tensor([cfg.model.modality_id(m) for m in sources])
-    tgt = torch.tensor([cfg.model.modality_id(target)])
     values = []
     for case in discover_dataset(test_dir):
         prepared = prepare_case({m: read_volume(case.files[m]) for m in sources}, cfg.model.normalization,
@@ -49,23 +46,28 @@ def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Se
         keep = prepared.brain.reshape(len(prepared.brain), -1).any(axis=1)
         x = torch.from_numpy(np.stack([prepared.slices[m] for m in sources], axis=1)[keep])
         with torch.no_grad():
-            logits = model.forward_detailed(x, ids.expand(len(x), -1), tgt.expand(len(x), -1)).source_check
-        values.append(torch.sigmoid(logits[:, slot]).numpy())
-    return np.concatenate(values) if values else np.zeros(0, dtype=np.float32)
+            values.append(torch.sigmoid(model.source_check_logits(x, ids.expand(len(x), -1))).numpy())
+    return np.concatenate(values) if values else np.zeros((0, len(sources)), dtype=np.float32)
 
 
-def source_check_scores(checkpoint: Path, test_sets: Mapping[str, Path], sources: Sequence[str], target: str,
-                        source: str) -> dict | None:
-    """{"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "slices": n}; None for a model
-    without a check. `test_sets` maps "clean" and each corruption to its test folder."""
+def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[str, Mapping[str, Path]],
+                        sources: Sequence[str]) -> dict[str, dict] | None:
+    """{source: {"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "slices": n}} for
+    each source of `corrupted` ({source: {corruption: test folder}}); None for a model without a check.
+    The checkpoint is loaded and the clean test set scored once for every source."""
     model, cfg, _ = load_checkpoint(checkpoint)
     if getattr(model, "source_check", None) is None:
         return None
     model.eval()
-    probs = {kind: check_probabilities(model, cfg, Path(folder), sources, target, source)
-             for kind, folder in test_sets.items()}
-    return {
-        "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
-        "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
-        "slices": int(len(probs[CLEAN])),
-    }
+    clean = check_probabilities(model, cfg, Path(clean_dir), sources)
+    scores = {}
+    for source, folders in corrupted.items():
+        slot = list(sources).index(source)
+        probs = {CLEAN: clean[:, slot], **{kind: check_probabilities(model, cfg, Path(folder), sources)[:, slot]
+                                           for kind, folder in folders.items()}}
+        scores[source] = {
+            "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
+            "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
+            "slices": int(len(probs[CLEAN])),
+        }
+    return scores

@@ -226,7 +226,8 @@ class SliceDataset:
         first_slot = 0 if self.degrade_any_source else 1
         if self.source_artifacts and len(src) > first_slot and rng.random() < self.source_artifacts:
             sources, slot, kind = self._degrade_one(sources, images, src, tgt, first_slot, rng)
-            named_right[slot] = 0.0 if kind == "contrast" else 1.0
+            if kind == "contrast":
+                named_right[slot] = 0.0
         x, src_ids, avail = _pad(sources, case.ids[src], self.max_sources)
         target, tgt_ids, tgt_valid = _pad(images[tgt], case.ids[tgt], self.max_targets)
         return {

@@ -111,13 +111,26 @@ class MedK2N(nn.Module):
             levels.append(full)
         return levels
 
+    def source_check_logits(self, x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        """The source check alone, [B,K,H,W] x [B,K] -> [B,K] logits: what a report on the sources needs,
+        without the fusion, heads and image embedder a full forward would run per slice."""
+        if self.source_check is None:
+            raise ConfigError("this model has no source check (model.source_check off, or B0)")
+        _, c_modal, feats = self._features(x, src, torch.ones_like(x[:, :, 0, 0]))
+        return self.source_check(feats, c_modal)
+
+    def _features(self, x, src, avail) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(encoder levels, c_modal [B,K,C], per-frame features F_k + c_modal [B,K,C,h,w])."""
+        levels = self._encode(x, src, avail)
+        c_modal = self.modality_embed(src)
+        feats = self.scales(levels).unflatten(0, (-1, x.shape[1])) + c_modal.unsqueeze(-1).unsqueeze(-1)
+        return levels, c_modal, feats
+
     def _synthesize(self, x, src, tgt, avail) -> K2NOutput:
         check_inputs(x, src, tgt, avail)
         k, n = x.shape[1], tgt.shape[1]
         avail = torch.ones_like(x[:, :, 0, 0]) if avail is None else avail.to(x.dtype)
-        levels = self._encode(x, src, avail)
-        c_modal = self.modality_embed(src)  # [B,K,C]
-        feats = self.scales(levels).unflatten(0, (-1, k)) + c_modal.unsqueeze(-1).unsqueeze(-1)
+        levels, c_modal, feats = self._features(x, src, avail)
         c_task = self.task_embed(tgt)  # [B,N,C]
         check = None if self.source_check is None else self.source_check(feats, c_modal)  # [B,K] logits
         gates: dict[str, torch.Tensor] = {}

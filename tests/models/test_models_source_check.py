@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from medk2n.config import LossConfig, ModelConfig, preset
+from medk2n.errors import ConfigError
 from medk2n.losses import total_loss
 
 from model_fixtures import seeded_model, smooth_blobs, tiny_config
@@ -57,6 +58,17 @@ def test_ordered_fusion_makes_the_frame_that_passes_the_check_the_base():
     # order[m, i, k] = 1 if slot k is fused i-th: slot 1 first, for every sample and target.
     assert out.gates["accept"].max() < 1e-6
     torch.testing.assert_close(out.images, only_second, atol=1e-5, rtol=0)
+
+
+def test_the_check_alone_gives_the_logits_of_the_full_forward():
+    model, g = _checked_model(base_by_quality=True)
+    x = torch.stack([smooth_blobs(3, SIZE, g), smooth_blobs(3, SIZE, g)], dim=1)
+    src, tgt = torch.tensor([[0, 1]]).repeat(3, 1), torch.tensor([[2, 3]]).repeat(3, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.source_check_logits(x, src), model.forward_detailed(x, src, tgt).source_check)
+    without, _ = seeded_model(tiny_config(image_size=SIZE, source_check=False))
+    with pytest.raises(ConfigError, match="no source check"):
+        without.source_check_logits(x, src)
 
 
 def test_check_is_off_for_old_configs_on_in_presets_and_ignored_without_a_fusion():
