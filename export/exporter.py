@@ -30,8 +30,8 @@ from medk2n.export import bundle, calibration, conformal, precision, quantize, t
 from medk2n.export.calibration import SampleSet
 from medk2n.export.onnx_export import check_onnx, export_onnx
 from medk2n.export.source import Source, load_source
-from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS, GraphSpec, parse_batch
-from medk2n.export.wrapper import prepare_for_export
+from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS, SOURCE_CHECK, GraphSpec, parse_batch
+from medk2n.export.wrapper import has_source_check, prepare_for_export
 from medk2n.manifest import Manifest, ModelFile, training_roles
 from medk2n.runtime.bundle import Bundle
 
@@ -102,7 +102,9 @@ def _export_fp32(ctx: _Context, path: Path) -> None:
         one = verify.first_target(ctx.held_out)
         single = verify.run_onnx(path, one, ctx.batch)
         result = verify.fp32_parity(verify.run_torch(reference, one, ctx.batch), single)
-        result["vs_first_of_n"] = verify.fp32_parity({k: v[:, :1] for k, v in ctx.outputs["fp32"].items()}, single)
+        # The source check reads the sources only: it must not change with the target count.
+        first = {k: v if k == SOURCE_CHECK else v[:, :1] for k, v in ctx.outputs["fp32"].items()}
+        result["vs_first_of_n"] = verify.fp32_parity(first, single)
         result["passed"] = result["passed"] and result["vs_first_of_n"]["passed"]
         ctx.parity["fp32"]["one_target"] = result
         ctx.parity["fp32"]["passed"] = ctx.parity["fp32"]["passed"] and result["passed"]
@@ -128,7 +130,8 @@ def _export_int8(ctx: _Context, path: Path) -> None:
     fp32_db = verify.masked_psnr(ctx.outputs["fp32"], ctx.held_out)
     int8_db = verify.masked_psnr(ctx.outputs["int8"], ctx.held_out)
     scale = verify.scale_agreement(ctx.outputs["fp32"], ctx.outputs["int8"], ctx.held_out)
-    result = verify.int8_drop(fp32_db, int8_db, scale)
+    check = verify.check_agreement(ctx.outputs["fp32"], ctx.outputs["int8"], ctx.held_out)
+    result = verify.int8_drop(fp32_db, int8_db, scale, check)
     result["quantized_ops"] = quantize.qdq_op_counts(path)
     result["calibration"] = {
         "slices": len(ctx.calib),
@@ -195,7 +198,8 @@ def export_bundle(options: ExportOptions, progress: Callable[[str], None] = lamb
     bundle.check_target(options.out, options.overwrite)
     progress(f"loading checkpoint {options.checkpoint}")
     source = load_source(options.checkpoint, options.k, options.n)
-    spec = GraphSpec(options.k, options.n, options.size or source.config.model.image_size, batch, options.opset)
+    spec = GraphSpec(options.k, options.n, options.size or source.config.model.image_size, batch, options.opset,
+                     source_check=has_source_check(source.model))
     requests = [conformal.parse_task(text, list(source.config.model.modalities), options.k, options.n,
                                      training_roles(source.config.train)) for text in options.calib_tasks]
     with tempfile.TemporaryDirectory(prefix="medk2n-export-") as scratch, bundle.staging(

@@ -29,7 +29,7 @@ import torch
 from onnx import numpy_helper
 
 from medk2n.errors import ExportError
-from medk2n.export.spec import BATCH_AXIS, INPUT_NAMES, OUTPUT_NAMES, TARGET_AXIS, GraphSpec
+from medk2n.export.spec import BATCH_AXIS, INPUT_NAMES, TARGET_AXIS, GraphSpec
 from medk2n.export.wrapper import FixedKN, example_inputs
 
 _ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
@@ -61,7 +61,7 @@ def export_onnx(graph: FixedKN, spec: GraphSpec, vocab_size: int, path: Path) ->
             dynamo=True,
             opset_version=spec.opset,
             input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(spec.output_names),
             dynamic_shapes=dynamic_shapes,
             external_data=False,
             optimize=True,

@@ -13,6 +13,9 @@ from medk2n.manifest import TensorSpec
 
 INPUT_NAMES = ("x", "src", "tgt", "avail")
 OUTPUT_NAMES = ("images", "scale")
+# Third output of a graph whose model has a source check: p(source slot k holds the contrast it is
+# named as), [batch, K]; absent slots (avail 0) carry a value nothing should read.
+SOURCE_CHECK = "source_check"
 BATCH_AXIS = "batch"
 # The target axis of tgt/images/scale: symbolic (1..N) in graphs with N > 1, so a request for
 # fewer targets computes only those (everything after the encoder runs once per target).
@@ -65,6 +68,7 @@ class GraphSpec:
     size: int
     batch: BatchSpec
     opset: int = DEFAULT_OPSET
+    source_check: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n < 1:
@@ -85,6 +89,10 @@ class GraphSpec:
         return self.n > 1
 
     @property
+    def output_names(self) -> tuple[str, ...]:
+        return (*OUTPUT_NAMES, SOURCE_CHECK) if self.source_check else OUTPUT_NAMES
+
+    @property
     def target_dim(self) -> int | str:
         return TARGET_AXIS if self.dynamic_targets else self.n
 
@@ -100,6 +108,7 @@ class GraphSpec:
             "avail": [batch, k],
             "images": [batch, n, s, s],
             "scale": [batch, n, s, s],
+            SOURCE_CHECK: [batch, k],
         }
 
     def inputs(self) -> list[TensorSpec]:
@@ -109,4 +118,4 @@ class GraphSpec:
 
     def outputs(self) -> list[TensorSpec]:
         shapes = self.shapes(self.batch_dim)
-        return [TensorSpec(name, "float32", shapes[name]) for name in OUTPUT_NAMES]
+        return [TensorSpec(name, "float32", shapes[name]) for name in self.output_names]

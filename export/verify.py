@@ -16,7 +16,7 @@ import torch
 
 from medk2n.errors import ExportError
 from medk2n.export.calibration import SampleSet, iter_batches
-from medk2n.export.spec import OUTPUT_NAMES
+from medk2n.export.spec import OUTPUT_NAMES, SOURCE_CHECK
 
 # ONNX FP32 vs PyTorch, images in [0, 1] and the scale (an expected error, mostly < 0.5): at most FP32_MAX_OUTLIERS of the
 # voxels may differ by more than FP32_MAX_ABS. Not a plain max: the heads pick, per voxel, the
@@ -33,18 +33,28 @@ PSNR_CAP_DB = 200.0  # identical outputs: report a finite ceiling, JSON has no i
 # passes too: its rank differences are among near-ties (an untrained, nearly flat scale).
 SCALE_MIN_SPEARMAN = 0.9
 SCALE_TIE_RELATIVE = 0.01
+# The source check's probabilities, over the present source slots of the held-out slices. FP32 ONNX
+# vs PyTorch: at most FP32_MAX_ABS anywhere (the check reads pooled features, no argmin ties). FP16 and
+# INT8 vs FP32: the runtime compares a case's median probability with 0.5, so a reduced precision may
+# move a probability by at most CHECK_MAX_ABS_REDUCED.
+CHECK_MAX_ABS_REDUCED = 0.05
 
 Outputs = dict[str, np.ndarray]
 
 
+def output_names(count: int) -> tuple[str, ...]:
+    """Names of a graph's `count` outputs, in order: images, scale, and the source check when present."""
+    return (*OUTPUT_NAMES, SOURCE_CHECK)[:count]
+
+
 def run_torch(model: torch.nn.Module, samples: SampleSet, batch: int) -> Outputs:
-    """The PyTorch reference on `samples`, batch by batch."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    """The PyTorch reference (a FixedKN wrapper) on `samples`, batch by batch."""
+    parts: dict[str, list[np.ndarray]] = {}
     with torch.inference_mode():
         for feeds, valid in iter_batches(samples.feeds, batch):
             result = model(*(torch.from_numpy(feeds[name]) for name in ("x", "src", "tgt", "avail")))
-            for name, tensor in zip(OUTPUT_NAMES, result):
-                parts[name].append(tensor[:valid].float().numpy())
+            for name, tensor in zip(output_names(len(result)), result):
+                parts.setdefault(name, []).append(tensor[:valid].float().numpy())
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
@@ -57,9 +67,10 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 def run_onnx(path: Path, samples: SampleSet, batch: int) -> Outputs:
     session = onnx_session(path)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for feeds, valid in iter_batches(samples.feeds, batch):
-        for name, array in zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds)):
+        for name, array in zip(names, session.run(names, feeds)):
             parts[name].append(array[:valid])
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
@@ -87,8 +98,10 @@ def figure(value: float) -> float:
 
 def compare(reference: Outputs, candidate: Outputs) -> dict[str, dict[str, float]]:
     """Per output: max abs error, PSNR, and the fraction of voxels off by more than FP32_MAX_ABS."""
+    if sorted(reference) != sorted(candidate):
+        raise ExportError(f"outputs {sorted(candidate)} != the reference's {sorted(reference)}")
     result = {}
-    for name in OUTPUT_NAMES:
+    for name in reference:
         error = np.abs(candidate[name] - reference[name])
         result[name] = {
             "max_abs": figure(float(error.max())),
@@ -107,8 +120,32 @@ def first_target(samples: SampleSet) -> SampleSet:
 def fp32_parity(reference: Outputs, candidate: Outputs) -> dict:
     errors = compare(reference, candidate)
     passed = all(errors[name]["outliers"] <= FP32_MAX_OUTLIERS for name in OUTPUT_NAMES)
+    if SOURCE_CHECK in errors:
+        passed = passed and errors[SOURCE_CHECK]["max_abs"] <= FP32_MAX_ABS
     tolerance = {"abs": FP32_MAX_ABS, "max_outliers": FP32_MAX_OUTLIERS}
     return {"reference": "pytorch", **errors, "tolerance": tolerance, "passed": passed}
+
+
+def check_agreement(reference: Outputs, candidate: Outputs, samples: SampleSet) -> dict | None:
+    """How far a reduced precision moves the source check's probabilities (present slots only), and
+    on how many frames it flips the side of 0.5; None for a graph without a check."""
+    if SOURCE_CHECK not in reference:
+        return None
+    present = samples.feeds["avail"] > 0
+    ref, cand = reference[SOURCE_CHECK][present], candidate[SOURCE_CHECK][present]
+    worst = figure(float(np.abs(cand - ref).max())) if ref.size else 0.0
+    flips = figure(float(np.mean((ref < 0.5) != (cand < 0.5)))) if ref.size else 0.0
+    return {"max_abs": worst, "flipped": flips, "frames": int(ref.size),
+            "passed": worst <= CHECK_MAX_ABS_REDUCED}
+
+
+def _with_check(result: dict, check: dict | None) -> dict:
+    """`result` with the source check's agreement folded into its verdict and tolerance."""
+    if check is not None:
+        result["source_check_agreement"] = check
+        result["tolerance"]["source_check_max_abs"] = CHECK_MAX_ABS_REDUCED
+        result["passed"] = result["passed"] and check["passed"]
+    return result
 
 
 SCALE_TOLERANCE = {"min_scale_spearman": SCALE_MIN_SPEARMAN, "or_max_scale_relative_p99": SCALE_TIE_RELATIVE}
@@ -118,8 +155,9 @@ def fp16_parity(fp32: Outputs, fp16: Outputs, samples: SampleSet) -> dict:
     errors = compare(fp32, fp16)
     scale = scale_agreement(fp32, fp16, samples)
     passed = errors["images"]["psnr_db"] >= FP16_MIN_PSNR_DB and scale["passed"]
-    return {"reference": "onnx-fp32", **errors, "scale_agreement": scale,
-            "tolerance": {"min_psnr_db": FP16_MIN_PSNR_DB, **SCALE_TOLERANCE}, "passed": passed}
+    return _with_check({"reference": "onnx-fp32", **errors, "scale_agreement": scale,
+                        "tolerance": {"min_psnr_db": FP16_MIN_PSNR_DB, **SCALE_TOLERANCE}, "passed": passed},
+                       check_agreement(fp32, fp16, samples))
 
 
 def scale_agreement(reference: Outputs, candidate: Outputs, samples: SampleSet) -> dict:
@@ -148,19 +186,19 @@ def masked_psnr(outputs: Outputs, samples: SampleSet) -> float:
     return float(np.mean(values))
 
 
-def int8_drop(fp32_db: float, int8_db: float, scale: dict | None = None) -> dict:
-    """Quality drop of INT8 vs FP32, both scored against the real target slices (masked_psnr), and the
-    INT8 scale's agreement with FP32's (`scale_agreement`)."""
+def int8_drop(fp32_db: float, int8_db: float, scale: dict | None = None, check: dict | None = None) -> dict:
+    """Quality drop of INT8 vs FP32, both scored against the real target slices (masked_psnr), the
+    INT8 scale's agreement with FP32's (`scale_agreement`) and the source check's (`check_agreement`)."""
     drop = fp32_db - int8_db
     scale = scale or {"spearman": 1.0, "relative_p99": 0.0, "passed": True}
-    return {
+    return _with_check({
         "fp32_psnr_db": figure(fp32_db),
         "int8_psnr_db": figure(int8_db),
         "drop_db": figure(drop),
         "scale_agreement": scale,
         "tolerance": {"max_drop_db": INT8_MAX_DROP_DB, **SCALE_TOLERANCE},
         "passed": drop <= INT8_MAX_DROP_DB and scale["passed"],
-    }
+    }, check)
 
 
 def gate(result: dict, what: str, force: bool) -> None:

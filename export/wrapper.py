@@ -10,6 +10,11 @@ are flattened into the batch after the encoder, so N stays a symbolic axis
 Modality identities stay inputs (`src`, `tgt`), and `avail` turns one K-source
 graph into every 1..K-source task, so a single K=2/N=4 graph serves all 2->1..4
 and 1->1..4 combinations.
+
+A model with a source check (model.source_check) gets a third output,
+`source_check [B,K]`: per source slot, the probability that the frame holds
+the contrast `src` names it as, so the runtime can tell a user their series
+is mislabelled instead of silently fusing it last.
 """
 
 from __future__ import annotations
@@ -23,35 +28,45 @@ from medk2n.errors import ExportError
 from medk2n.export.spec import GraphSpec
 
 
+def has_source_check(model: nn.Module) -> bool:
+    """Whether `model` carries a trained source check to export (Med-K2N built with model.source_check)."""
+    return getattr(model, "source_check", None) is not None
+
+
 class FixedKN(nn.Module):
-    """`(x, src, tgt, avail) -> (images, scale)` with every input required: K sources, 1..N targets."""
+    """`(x, src, tgt, avail) -> (images, scale[, source_check])` with every input required: K sources,
+    1..N targets; the third output exists when the model has a source check."""
 
     def __init__(self, model: nn.Module, k: int, n: int) -> None:
         super().__init__()
         self.model = model
         self.k = k
         self.n = n
+        self.source_check = has_source_check(model)
 
     def forward(
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         # `> n`, not `!= n`: under torch.export the target count is symbolic, and an equality test
         # would pin it to the traced N.
         if x.shape[1] != self.k or src.shape[1] != self.k or avail.shape[1] != self.k or tgt.shape[1] > self.n:
             raise ExportError(
                 f"graph is fixed to K={self.k}, at most N={self.n}; got x {tuple(x.shape)}, tgt {tuple(tgt.shape)}"
             )
+        if self.source_check:
+            out = self.model.synthesize(x, src, tgt, avail)
+            return out.images, out.scale, torch.sigmoid(out.source_check)
         images, scale = self.model(x, src, tgt, avail)
         return images, scale
 
 
 def prepare_for_export(model: nn.Module, spec: GraphSpec) -> tuple[FixedKN, nn.Module]:
-    """Return (graph to trace, PyTorch reference).
+    """Return (graph to trace, PyTorch reference with the same outputs).
 
-    The reference is an untouched eval-mode copy, so the parity check also
+    The reference wraps an untouched eval-mode copy, so the parity check also
     covers the LoRA merge that only the traced copy receives.
     """
-    reference = copy.deepcopy(model).eval()
+    reference = FixedKN(copy.deepcopy(model).eval(), spec.k, spec.n).eval()
     merged = model.eval()
     merged.merge_lora()
     for param in merged.parameters():

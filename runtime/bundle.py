@@ -21,6 +21,9 @@ from medk2n.runtime.uncertainty import check_calibration
 INPUT_NAMES = ("x", "src", "tgt", "avail")
 TARGET_AXIS = "targets"  # export.spec.TARGET_AXIS (the runtime does not import export)
 OUTPUT_NAMES = ("images", "scale")
+# A graph whose model has a source check adds, per source slot, p(the frame holds the contrast it is
+# named as) (export.spec.SOURCE_CHECK); bundles without one run the same, unchecked.
+SOURCE_CHECK = "source_check"
 # Bundles exported before the Laplace scale output carry an uninformative "confidence" map:
 # they still run (images only).
 LEGACY_OUTPUT_NAMES = ("images", "confidence")
@@ -84,6 +87,11 @@ class Bundle:
         """Whether the graph outputs the per-voxel Laplace scale (bundles from before it do not)."""
         return any(spec.name == "scale" for spec in self.manifest.outputs)
 
+    @property
+    def has_source_check(self) -> bool:
+        """Whether the graph reports, per source, whether it looks like the contrast it is named as."""
+        return any(spec.name == SOURCE_CHECK for spec in self.manifest.outputs)
+
 
 def load_bundle(path: str | Path) -> Bundle:
     """Read, hash-verify and contract-check a bundle folder."""
@@ -126,10 +134,13 @@ def _check_contract(manifest: Manifest, where: Path) -> None:
         "images": ("float32", [n, size, size]),
         "scale": ("float32", [n, size, size]),
         "confidence": ("float32", [m.n, size, size]),
+        SOURCE_CHECK: ("float32", [m.k]),
     }
     _check_tensors(m.inputs, INPUT_NAMES, expected, m.batch, where)
-    legacy = sorted(s.name for s in m.outputs) == sorted(LEGACY_OUTPUT_NAMES)
-    _check_tensors(m.outputs, LEGACY_OUTPUT_NAMES if legacy else OUTPUT_NAMES, expected, m.batch, where)
+    names = sorted(s.name for s in m.outputs)
+    contract = next((c for c in (LEGACY_OUTPUT_NAMES, (*OUTPUT_NAMES, SOURCE_CHECK)) if names == sorted(c)),
+                    OUTPUT_NAMES)
+    _check_tensors(m.outputs, contract, expected, m.batch, where)
     if m.uncertainty:
         check_calibration(m.uncertainty, m.modalities, where)
 

@@ -8,7 +8,8 @@ as SynthSR's `--i/--o`), named files of one study written straight into OUT/.
 Thin on purpose (nnU-Net style): parse, build a `Synthesizer`, call
 `run_cases`, print. stdout gets the backend line, one line per written case
 and the summary; stderr gets one `error: ...` line per failed case and
-nothing else, so scripts can tell them apart. Exit code 2 when any case
+`WARNING: ...` lines (a model trained short, a source that fails the model's
+source check: runtime.source_check), so scripts can tell them apart. Exit code 2 when any case
 failed. SIGTERM is an interruption like Ctrl-C: one line, exit 130, and the
 case being written leaves nothing behind.
 """
@@ -156,6 +157,8 @@ def _cases(case_dirs: tuple[Path, ...], inputs: tuple[str, ...], out_dir: Path) 
 
 
 def _echo_case(report: CaseReport) -> None:
+    for warning in report.warnings:
+        click.echo(f"WARNING: {warning}", err=True)
     if report.ok:
         seconds = sum(report.timings.values())
         click.echo(f"{report.name}: wrote {len(report.outputs)} files "

@@ -11,7 +11,7 @@ at all; their outputs stay zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -22,6 +22,12 @@ from medk2n.runtime.runners import Runner
 def brain_slices(brain: np.ndarray) -> np.ndarray:
     """bool [S] from a model-space brain mask [S,H,W]: slices worth a model call."""
     return brain.any(axis=(1, 2))
+
+
+class SliceOutputs(NamedTuple):
+    images: np.ndarray  # [N,S,H,W]
+    scale: np.ndarray  # [N,S,H,W]
+    source_check: np.ndarray | None  # [S,K] p(slot holds its named contrast), NaN where not inferred; None without a check
 
 
 @dataclass
@@ -38,10 +44,11 @@ class SliceInferer:
         avail: np.ndarray,
         keep: np.ndarray | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """K arrays [S,H,W] (one per source slot) -> images, scale [N,S,H,W].
+    ) -> SliceOutputs:
+        """K arrays [S,H,W] (one per source slot) -> images, scale [N,S,H,W] and the source check [S,K].
 
-        A legacy bundle's graph has no "scale" output: its scale comes back as zeros.
+        A legacy bundle's graph has no "scale" output: its scale comes back as zeros; a graph
+        without a "source_check" output gives None for it.
 
         `keep` (bool [S]) marks the slices worth running; `progress` is told
         how many slices each batch covered.
@@ -50,6 +57,7 @@ class SliceInferer:
         n_targets = len(tgt)
         images = np.zeros((n_targets, n_slices, height, width), dtype=np.float32)
         scale = np.zeros_like(images)
+        check: np.ndarray | None = None
         todo = np.arange(n_slices) if keep is None else np.flatnonzero(keep)
         rows = {"src": np.asarray(src, np.int64), "tgt": np.asarray(tgt, np.int64),
                 "avail": np.asarray(avail, np.float32)}
@@ -67,6 +75,10 @@ class SliceInferer:
                                   "(FP16 overflow? try --precision fp32)")
             images[:, index] = batch_images.transpose(1, 0, 2, 3)
             scale[:, index] = batch_scale.transpose(1, 0, 2, 3)
+            if "source_check" in out:
+                if check is None:
+                    check = np.full((n_slices, len(sources)), np.nan, dtype=np.float32)
+                check[index] = out["source_check"][:len(index)]
             if progress is not None:
                 progress(len(index))
-        return images, scale
+        return SliceOutputs(images, scale, check)

@@ -39,6 +39,7 @@ from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
                                     check_output_writable, remove_own_partials)
 from medk2n.runtime.png import labelled_grid, write_png
+from medk2n.runtime.source_check import mislabel_warnings
 
 if TYPE_CHECKING:
     from medk2n.runtime.synthesizer import Request, Synthesizer
@@ -56,6 +57,9 @@ class CaseReport:
     slices_inferred: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     outputs: list[str] = field(default_factory=list)
+    # source -> the model's p(it holds the contrast it is named as); None when the bundle has no check
+    source_check: dict[str, float] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -135,7 +139,8 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
     report.slices, report.slices_inferred = len(keep), int(keep.sum())
     with report.stage("infer"), tqdm(total=report.slices_inferred, desc=report.name, unit="slice",
                                      disable=None if show_progress else True, leave=False) as bar:
-        images, scale = synth.infer(prepared, request, progress=bar.update)
+        images, scale, report.source_check = synth.infer_detailed(prepared, request, progress=bar.update)
+    report.warnings = mislabel_warnings(report.name, report.source_check)
     with report.stage("postprocess"):
         montage = case_montage(prepared, request, images, scale, keep) if png else None
         head = synth.head_for(prepared, request)

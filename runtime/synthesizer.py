@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping, NamedTuple, Sequence, Union
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +32,7 @@ from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.inferer import SliceInferer, brain_slices
 from medk2n.runtime.pipeline import CaseReport, load_stage, finish_stage
 from medk2n.runtime.runners import Runner
+from medk2n.runtime.source_check import case_probabilities
 from medk2n.runtime.triton import TritonServer
 from medk2n.runtime.uncertainty import DEFAULT_COVERAGE, check_coverage, interval_factor
 
@@ -53,6 +54,14 @@ class Request:
     src: np.ndarray  # int64 [K]
     tgt: np.ndarray  # int64 [N]
     avail: np.ndarray  # float32 [K]
+
+
+class Inference(NamedTuple):
+    """One case's model-space outputs (`Synthesizer.infer_detailed`)."""
+
+    images: np.ndarray  # [n_targets, S, H, W]
+    scale: np.ndarray  # [n_targets, S, H, W]
+    source_check: dict[str, float] | None  # source -> p(it is the contrast it is named as); None without a check
 
 
 class Synthesizer:
@@ -191,16 +200,24 @@ class Synthesizer:
               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Images and Laplace scale [n_targets, S, H, W] in model space; both are zero outside the synthesis
         support (the head and any source signal)."""
+        return self.infer_detailed(prepared, request, progress)[:2]
+
+    def infer_detailed(self, prepared: PreparedCase, request: Request,
+                       progress: Callable[[int], None] | None = None) -> Inference:
+        """`infer`, plus the model's source check when the bundle has one: per source, the median
+        over the inferred slices of p(the source holds the contrast it is named as)
+        (runtime.source_check)."""
         sources = [prepared.slices[m] for m in request.sources]
         slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
-        images, scale = self.inferer(slots, request.src, request.tgt, request.avail,
-                                     keep=brain_slices(prepared.brain), progress=progress)
+        images, scale, check = self.inferer(slots, request.src, request.tgt, request.avail,
+                                            keep=brain_slices(prepared.brain), progress=progress)
         n = len(request.targets)
         # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
         # Outside the head mask the model was never trained (the loss is masked to it), so what
         # it paints there is haze, not a synthesis: the background is written as 0.
         support = synthesis_support(prepared.brain, sources)
-        return np.clip(images[:n], 0.0, 1.0) * support[None], np.maximum(scale[:n], 0.0) * support[None]
+        return Inference(np.clip(images[:n], 0.0, 1.0) * support[None], np.maximum(scale[:n], 0.0) * support[None],
+                         case_probabilities(check, request.sources))
 
     def restore(self, images: np.ndarray, scale: np.ndarray, prepared: PreparedCase,
                 request: Request) -> Outputs:

@@ -75,13 +75,13 @@ class MedK2N(nn.Module):
     def forward(
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self._synthesize(x, src, tgt, avail)
+        out = self.synthesize(x, src, tgt, avail)
         return out.images, out.scale
 
     def forward_detailed(
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor | None = None
     ) -> K2NOutput:
-        out = self._synthesize(x, src, tgt, avail)
+        out = self.synthesize(x, src, tgt, avail)
         if self.embedder is not None:
             out.image_embed = self.embedder(out.images)
             out.source_embed = self.embedder(x)
@@ -126,7 +126,8 @@ class MedK2N(nn.Module):
         feats = self.scales(levels).unflatten(0, (-1, x.shape[1])) + c_modal.unsqueeze(-1).unsqueeze(-1)
         return levels, c_modal, feats
 
-    def _synthesize(self, x, src, tgt, avail) -> K2NOutput:
+    def synthesize(self, x, src, tgt, avail) -> K2NOutput:
+        """The forward pass with every intermediate the losses and the export read (no CMIM embeddings)."""
         check_inputs(x, src, tgt, avail)
         k, n = x.shape[1], tgt.shape[1]
         avail = torch.ones_like(x[:, :, 0, 0]) if avail is None else avail.to(x.dtype)

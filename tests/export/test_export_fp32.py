@@ -28,6 +28,8 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     assert manifest.normalization["adc"] == {"kind": "range", "low": 0.0, "high": 4000.0, "standard": None}
     assert [(m.file, m.format, m.precision) for m in manifest.models] == [("model.onnx", "onnx", "fp32")]
     assert [t.name for t in manifest.inputs] == ["x", "src", "tgt", "avail"]
+    assert [t.name for t in manifest.outputs] == ["images", "scale", "source_check"]  # tiny builds the check
+    assert manifest.outputs[2].shape == [1, 2]
     assert manifest.outputs[0].shape == [1, "targets", 64, 64] and manifest.batch == {"min": 1, "opt": 1, "max": 1}
     assert set(manifest.files) == {"model.onnx"}
     assert {"medk2n", "torch", "onnx", "onnxruntime", "onnx-opset"} <= set(manifest.versions)
@@ -36,6 +38,7 @@ def test_manifest_describes_the_bundle(fp32_bundle, tiny_model, tiny_checkpoint)
     parity = manifest.parity["fp32"]
     assert parity["passed"] and parity["reference"] == "pytorch"
     assert parity["images"]["max_abs"] <= 1e-2 and parity["images"]["psnr_db"] > 60
+    assert parity["source_check"]["max_abs"] <= verify.FP32_MAX_ABS
     one = parity["one_target"]  # the symbolic target axis, checked at one target too
     assert one["passed"] and one["images"]["psnr_db"] > 60 and one["vs_first_of_n"]["images"]["max_abs"] <= 1e-5
     assert np.isfinite(manifest.accuracy["psnr_db"]["fp32"])
@@ -86,13 +89,17 @@ def test_one_graph_answers_every_task(fp32_bundle, tiny_model, phantom_data):
         tgt = np.array([[vocab.index(t) for t in targets]], np.int64)
         avail = np.array([[float(s is not None) for s in sources]], np.float32)
         feeds = {"x": x, "src": src, "tgt": tgt, "avail": avail}
-        images, scale = session.run(["images", "scale"], feeds)
+        images, scale, check = session.run(["images", "scale", "source_check"], feeds)
         with torch.inference_mode():
-            ref = model(*(torch.from_numpy(feeds[k]) for k in ("x", "src", "tgt", "avail")))
+            ref = model.synthesize(*(torch.from_numpy(feeds[k]) for k in ("x", "src", "tgt", "avail")))
+            # the check reads the sources alone: the same probabilities without fusion or heads
+            alone = torch.sigmoid(model.source_check_logits(torch.from_numpy(x), torch.from_numpy(src)))
         parity = verify.fp32_parity(
-            {"images": ref[0].numpy(), "scale": ref[1].numpy()}, {"images": images, "scale": scale}
+            {"images": ref.images.numpy(), "scale": ref.scale.numpy(), "source_check": alone.numpy()},
+            {"images": images, "scale": scale, "source_check": check},
         )
         assert parity["passed"], (sources, targets, parity)
+        assert check.shape == (1, 2) and ((check > 0) & (check < 1)).all()
         results[(sources, targets)] = images
     first = results[TASKS[0]]
     assert all(not np.allclose(first, other) for task, other in results.items() if task != TASKS[0])

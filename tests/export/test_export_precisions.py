@@ -36,13 +36,15 @@ def test_fp16_bundle(fp16_bundle):
     assert parity["passed"] and parity["reference"] == "onnx-fp32"
     assert verify.FP16_MIN_PSNR_DB <= parity["images"]["psnr_db"] < verify.PSNR_CAP_DB  # really ran in FP16
     assert np.isfinite(manifest.accuracy["psnr_db"]["fp16"])
+    check = parity["source_check_agreement"]
+    assert check["passed"] and check["frames"] > 0 and parity["tolerance"]["source_check_max_abs"] == 0.05
 
 
 def test_fp16_graph_keeps_io_and_fragile_ops_in_fp32(fp16_bundle):
     model = onnx.load(str(fp16_bundle.path / "model.fp16.onnx"))
     graph = model.graph
     float_io = {v.name: v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)}
-    assert float_io["x"] == float_io["images"] == float_io["scale"] == onnx.TensorProto.FLOAT
+    assert float_io["x"] == float_io["images"] == float_io["scale"] == float_io["source_check"] == onnx.TensorProto.FLOAT
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.value_info) + list(inferred.input)}
@@ -65,7 +67,10 @@ def test_int8_bundle_records_quality_and_quantised_ops(int8_bundle):
     for key in ("fp32_psnr_db", "int8_psnr_db", "drop_db"):
         assert np.isfinite(int8[key])
     assert int8["drop_db"] == pytest.approx(int8["fp32_psnr_db"] - int8["int8_psnr_db"], abs=1e-4)
-    assert int8["tolerance"] == {"max_drop_db": verify.INT8_MAX_DROP_DB, **verify.SCALE_TOLERANCE}
+    assert int8["tolerance"] == {"max_drop_db": verify.INT8_MAX_DROP_DB, **verify.SCALE_TOLERANCE,
+                                 "source_check_max_abs": verify.CHECK_MAX_ABS_REDUCED}
+    check = int8["source_check_agreement"]  # the tiny preset builds the source check
+    assert check["passed"] and check["frames"] > 0 and 0.0 <= check["max_abs"] <= verify.CHECK_MAX_ABS_REDUCED
     assert int8["scale_agreement"]["passed"] and -1.0 <= int8["scale_agreement"]["spearman"] <= 1.0
     ops = int8["quantized_ops"]
     assert ops["quantized"].get("Conv", 0) > 0 and ops["quantized"].get("MatMul", 0) > 0

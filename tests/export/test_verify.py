@@ -96,3 +96,26 @@ def test_check_finite_names_output():
 def test_figure_rounds_to_six_significant_digits():
     assert verify.figure(1.234567891) == 1.23457
     assert verify.figure(1.23456789e-7) == 1.23457e-7
+
+
+def _checked(images, check) -> dict:
+    return {"images": images, "scale": np.full_like(images, 0.1), "source_check": np.asarray(check, np.float32)}
+
+
+def test_the_source_check_has_its_own_gates():
+    """FP32 must match PyTorch to 1e-3; a reduced precision may move a probability by 0.05, and only the
+    present source slots count (an absent slot's value is never read)."""
+    images = np.linspace(0.2, 0.8, 64, dtype=np.float32).reshape(1, 1, 8, 8)
+    ref = [[0.9, 0.3]]
+    assert verify.fp32_parity(_checked(images, ref), _checked(images, [[0.9, 0.3005]]))["passed"]
+    assert not verify.fp32_parity(_checked(images, ref), _checked(images, [[0.9, 0.302]]))["passed"]
+    samples = SampleSet(feeds={"avail": np.array([[1.0, 0.0]], np.float32)}, target=np.zeros((1, 1, 8, 8), np.float32),
+                        brain=np.ones((1, 8, 8), bool))
+    absent_moved = verify.fp16_parity(_checked(images, ref), _checked(images, [[0.88, 0.9]]), samples)
+    assert absent_moved["passed"] and absent_moved["source_check_agreement"] == {
+        "max_abs": 0.02, "flipped": 0.0, "frames": 1, "passed": True}
+    present_moved = verify.fp16_parity(_checked(images, ref), _checked(images, [[0.45, 0.3]]), samples)
+    assert not present_moved["passed"] and present_moved["source_check_agreement"]["flipped"] == 1.0
+    check = verify.check_agreement(_checked(images, ref), _checked(images, [[0.45, 0.3]]), samples)
+    assert not verify.int8_drop(30.0, 29.9, None, check)["passed"]
+    assert verify.check_agreement(_outputs(images), _outputs(images), samples) is None  # no check, no entry

@@ -12,6 +12,11 @@ normalisation (0..1000) so their model-space values are known exactly. The
 manifest carries a conformal calibration whose quantile at level c is
 QUANTILE_SLOPE * c, so a half-width is predictable too; `legacy=True` writes a
 bundle as exported before the scale output (a "confidence" output, no calibration).
+`source_check=True` adds the third output of a model with a source check:
+
+    source_check[b, k] = CHECK[src[b, k]]    (0.2 for t2, 0.9 for every other modality)
+
+so a request with t2 as a source reads as a mislabelled t2.
 """
 
 from __future__ import annotations
@@ -55,7 +60,13 @@ def target_gain(modality: str) -> float:
     return 1.0 - 0.1 * MODALITIES.index(modality)
 
 
-def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = "scale") -> onnx.ModelProto:
+def check_probability(modality: str) -> float:
+    """The fake source check's p(a source named `modality` is that contrast)."""
+    return 0.2 if modality == "t2" else 0.9
+
+
+def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = "scale",
+               source_check: bool = False) -> onnx.ModelProto:
     vocab = len(MODALITIES)
     weights = helper.make_tensor("w", TensorProto.FLOAT, [vocab], [source_weight(m) for m in MODALITIES])
     gains = helper.make_tensor("gain", TensorProto.FLOAT, [vocab], [target_gain(m) for m in MODALITIES])
@@ -81,6 +92,16 @@ def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = 
         helper.make_node("Shape", ["images"], ["out_shape"]),
         helper.make_node("Expand", ["frac4", "out_shape"], [second]),
     ]
+    outputs = [
+        helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, n, size, size]),
+        helper.make_tensor_value_info(second, TensorProto.FLOAT, [batch, n, size, size]),
+    ]
+    initializers = [weights, gains, *consts]
+    if source_check:
+        initializers.append(helper.make_tensor("check", TensorProto.FLOAT, [vocab],
+                                               [check_probability(m) for m in MODALITIES]))
+        nodes.append(helper.make_node("Gather", ["check", "src"], ["source_check"]))
+        outputs.append(helper.make_tensor_value_info("source_check", TensorProto.FLOAT, [batch, k]))
     graph = helper.make_graph(
         nodes, "fake_k2n",
         inputs=[
@@ -89,11 +110,8 @@ def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = 
             helper.make_tensor_value_info("tgt", TensorProto.INT64, [batch, n]),
             helper.make_tensor_value_info("avail", TensorProto.FLOAT, [batch, k]),
         ],
-        outputs=[
-            helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, n, size, size]),
-            helper.make_tensor_value_info(second, TensorProto.FLOAT, [batch, n, size, size]),
-        ],
-        initializer=[weights, gains, *consts],
+        outputs=outputs,
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
@@ -102,7 +120,8 @@ def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = 
 
 
 def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dict | None = None,
-                plan: bool = False, legacy: bool = False, calibrated: bool = True, target_axis: bool = False) -> Path:
+                plan: bool = False, legacy: bool = False, calibrated: bool = True, target_axis: bool = False,
+                source_check: bool = False) -> Path:
     """Write model.onnx (+ a dummy model.plan) and a manifest with real sha256 hashes.
 
     target_axis: the graph takes 1..n targets (a symbolic "targets" axis), as exports since
@@ -113,7 +132,7 @@ def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dic
     fixed = batch["min"] == batch["max"]
     lead: int | str = batch["min"] if fixed else "batch"
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(fake_model(k, dims, size, lead, second), folder / "model.onnx")
+    onnx.save(fake_model(k, dims, size, lead, second, source_check), folder / "model.onnx")
     models = [ModelFile(file="model.onnx", format="onnx", precision="fp32")]
     if plan:
         (folder / "model.plan").write_bytes(b"not a real engine")
@@ -125,7 +144,8 @@ def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dic
         inputs=[TensorSpec("x", "float32", [lead, k, size, size]), TensorSpec("src", "int64", [lead, k]),
                 TensorSpec("tgt", "int64", [lead, dims]), TensorSpec("avail", "float32", [lead, k])],
         outputs=[TensorSpec("images", "float32", [lead, dims, size, size]),
-                 TensorSpec(second, "float32", [lead, dims, size, size])],
+                 TensorSpec(second, "float32", [lead, dims, size, size]),
+                 *([TensorSpec("source_check", "float32", [lead, k])] if source_check else [])],
         batch=dict(batch), files=hash_bundle_files(folder), created="test",
         uncertainty=calibration() if calibrated and not legacy else {},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -128,3 +129,14 @@ def test_a_graph_that_disagrees_with_its_manifest_is_refused_at_load(tmp_path: P
     with pytest.raises(BundleError, match=r"model\.onnx: graph tensor 'x' is float32 \['batch', 2, 64, 64\], "
                                           r"the manifest says float32 \['batch', 2, 32, 32\]"):
         Synthesizer(folder, backend="cpu")
+
+
+def test_a_source_check_output_is_part_of_the_contract(tmp_path: Path, bundle_dir: Path) -> None:
+    folder = make_bundle(tmp_path / "checked", source_check=True)
+    assert load_bundle(folder).has_source_check and not load_bundle(bundle_dir).has_source_check
+    outputs = json.loads((folder / "manifest.json").read_text())["outputs"]
+    outputs[-1]["shape"] = ["batch", 3]  # one probability per source slot: K = 2
+    edit_manifest(folder, outputs=outputs)
+    with pytest.raises(BundleError, match=r"tensor 'source_check' is float32 \['batch', 3\], expected float32 "
+                                          r"\[batch, 2\]"):
+        load_bundle(folder)

@@ -266,3 +266,30 @@ def test_a_target_without_calibration_gets_no_map_and_one_note(tmp_path: Path) -
                                                   "no uncertainty map for it"]
     assert sorted(p.name for p in (tmp_path / "out" / "case001").iterdir()) == [
         "adc.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]
+
+
+def test_a_source_failing_the_source_check_is_reported_and_still_synthesised(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "checked", source_check=True)
+    case = write_case(tmp_path / "case001")
+    report = tmp_path / "run.json"
+    result = run(*synth_args(folder, case, out=tmp_path / "out"), "--json", report)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
+    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.20 "
+                        "< 0.5): check that series' label; a synthesis from another contrast is wrong"]
+    (case_report,) = json.loads(report.read_text())["cases"]
+    assert case_report["source_check"] == {"t2": 0.2, "flair": 0.9}
+    assert case_report["warnings"] == [w.removeprefix("WARNING: ") for w in warnings]
+    assert sorted(p.name for p in (tmp_path / "out" / "case001").iterdir()) == [
+        "adc.nii.gz", "adc_uncertainty.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]
+
+
+def test_sources_passing_the_check_and_bundles_without_one_warn_nothing(tmp_path: Path, bundle_dir: Path) -> None:
+    checked = make_bundle(tmp_path / "checked", source_check=True)
+    case = write_case(tmp_path / "case001", modalities=("t1", "flair"))
+    for folder, expected in ((checked, {"t1": 0.9, "flair": 0.9}), (bundle_dir, None)):
+        out, report = tmp_path / f"out-{folder.name}", tmp_path / f"{folder.name}.json"
+        result = run(*synth_args(folder, case, out=out, sources="t1,flair"), "--json", report)
+        assert result.exit_code == 0, result.output
+        assert "WARNING" not in result.stderr
+        assert json.loads(report.read_text())["cases"][0]["source_check"] == expected

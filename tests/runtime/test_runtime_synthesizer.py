@@ -178,7 +178,7 @@ def haze_everywhere(synth: Synthesizer):
 
     def infer(slots, src, tgt, avail, keep, progress=None):
         shape = (synth.bundle.n, *slots[0].shape)
-        return np.full(shape, 0.5, np.float32), np.ones(shape, np.float32)
+        return np.full(shape, 0.5, np.float32), np.ones(shape, np.float32), None
 
     return infer
 

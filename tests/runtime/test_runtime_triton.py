@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from runtime_fixtures import make_bundle, write_case
+from runtime_fixtures import check_probability, make_bundle, write_case
 from triton_fixtures import local_server
 
 from medk2n.benchmarks.triton_local import LocalServer, free_ports, server_counts
@@ -89,6 +89,8 @@ def test_two_tasks_sharing_one_server_write_what_the_cpu_backend_writes(tmp_path
             synth.run_case(cases[name], sources, targets, tmp_path / "local")
     for name in cases:
         assert_same_outputs(tmp_path / "served" / name, tmp_path / "local" / name)
+        sources = TASKS[name][0]  # the served graph's third output reaches the report
+        assert reports[name].source_check == {s: check_probability(s) for s in sources}
 
 
 def test_medk2n_run_backend_triton_writes_the_cpu_backends_nifti(tmp_path: Path, served) -> None:

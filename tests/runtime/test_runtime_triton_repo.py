@@ -27,7 +27,7 @@ def parse(folder: Path) -> pb.ModelConfig:
 
 def test_onnx_repository_matches_the_manifest(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle", k=2, n=4, size=32, target_axis=True,
-                         batch={"min": 1, "opt": 4, "max": 8})
+                         batch={"min": 1, "opt": 4, "max": 8}, source_check=True)
     folder = write_repository(TritonOptions(bundle=bundle, out=tmp_path / "repo", kind="cpu", instances=2))
     config = parse(folder)
     assert config.name == "medk2n" and config.platform == "onnxruntime_onnx"
@@ -37,7 +37,7 @@ def test_onnx_repository_matches_the_manifest(tmp_path: Path) -> None:
     dims = {t.name: (t.data_type, list(t.dims)) for t in [*config.input, *config.output]}
     assert dims == {"x": (pb.TYPE_FP32, [2, 32, 32]), "src": (pb.TYPE_INT64, [2]), "tgt": (pb.TYPE_INT64, [-1]),
                     "avail": (pb.TYPE_FP32, [2]), "images": (pb.TYPE_FP32, [-1, 32, 32]),
-                    "scale": (pb.TYPE_FP32, [-1, 32, 32])}
+                    "scale": (pb.TYPE_FP32, [-1, 32, 32]), "source_check": (pb.TYPE_FP32, [2])}
     (group,) = config.instance_group
     assert group.kind == pb.ModelInstanceGroup.KIND_CPU and group.count == 2
     assert config.parameters["medk2n_sha256"].string_value == sha256_file(bundle / "model.onnx")

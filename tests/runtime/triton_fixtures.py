@@ -41,13 +41,15 @@ def local_server(repo: Path, workdir: Path, *extra: str) -> LocalServer:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, LocalServer]]:
-    """(bundle, repository, running server) for a K=2/N=4 fake bundle with a target axis, batch 1..8."""
+    """(bundle, repository, running server) for a K=2/N=4 fake bundle with a target axis, batch 1..8, and
+    a source check output."""
     from runtime_fixtures import make_bundle
 
     from medk2n.export.triton_repo import TritonOptions, write_repository
 
     root = tmp_path_factory.mktemp("triton")
-    bundle = make_bundle(root / "bundle", k=2, n=4, target_axis=True, batch={"min": 1, "opt": 4, "max": 8})
+    bundle = make_bundle(root / "bundle", k=2, n=4, target_axis=True, batch={"min": 1, "opt": 4, "max": 8},
+                         source_check=True)
     repo = root / "repo"
     write_repository(TritonOptions(bundle=bundle, out=repo, kind="cpu"))
     with local_server(repo, root) as server:

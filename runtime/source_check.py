@@ -1,0 +1,52 @@
+"""Does each source look like the contrast it is named as? The model's answer, per case (torch-free).
+
+Hospitals have mislabelled series: a T2 filed as FLAIR, an ADC map exported
+under the DWI's name, the same series loaded twice. A synthesis from a
+mislabelled source is wrong in a way no per-voxel uncertainty shows. A
+Med-K2N model built with `model.source_check` learnt, per frame, the
+probability that the frame holds the contrast its slot is named as (trained
+against frames of another contrast put under a source's name; see
+models.gates.SourceCheckNet), and the fusion already turns such a frame
+down. Its bundle exports that probability as a third graph output,
+`source_check [B,K]`, and this module turns the per-slice values into one
+figure per source and a warning the user sees.
+
+A series is mislabelled as a whole, so the case's figure is the median over
+the slices the model ran (slices without brain are not run): one odd slice at
+the edge of the head does not flip it. The threshold is the check's own
+decision boundary, p = 0.5.
+
+What it is not: a detector of noise or motion (a noisy FLAIR is still a
+FLAIR, and the fusion's quality gates weigh what is left in it), nor a
+guarantee. On the phantom benchmark (docs/experiments.md, 2026-12-02
+evening) a wrong contrast under FLAIR's name was told from clean FLAIR with
+AUC 0.94-0.99, FLAIR under ADC's name with AUC 0.77-0.81.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+THRESHOLD = 0.5  # below it, the model does not believe the source is the contrast it is named as
+
+
+def case_probabilities(per_slice: np.ndarray | None, sources: Sequence[str]) -> dict[str, float] | None:
+    """{source: median probability over the inferred slices} for the request's sources (slot order),
+    or None when the bundle has no check or no slice was inferred."""
+    if per_slice is None:
+        return None
+    ran = np.isfinite(per_slice[:, 0])
+    if not ran.any():
+        return None
+    return {name: round(float(np.median(per_slice[ran, slot])), 4) for slot, name in enumerate(sources)}
+
+
+def mislabel_warnings(case: str, probabilities: dict[str, float] | None) -> list[str]:
+    """One line per source the check doubts, naming the case, the source and the probability."""
+    if not probabilities:
+        return []
+    return [f"{case}: source {name!r} does not look like {name.upper()} to the model (source check "
+            f"p = {p:.2f} < {THRESHOLD}): check that series' label; a synthesis from another contrast is wrong"
+            for name, p in probabilities.items() if p < THRESHOLD]

@@ -1,0 +1,31 @@
+"""runtime.source_check: one figure per source from per-slice probabilities, and the warning it raises."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medk2n.runtime.source_check import THRESHOLD, case_probabilities, mislabel_warnings
+
+
+def test_case_figure_is_the_median_over_inferred_slices_per_source_slot() -> None:
+    per_slice = np.array([[0.9, 0.1], [np.nan, np.nan], [0.8, 0.2], [0.1, 0.3]], np.float32)
+    got = case_probabilities(per_slice, ["flair", "adc"])
+    assert got == {"flair": 0.8, "adc": 0.2}  # one odd slice (0.1 for flair) does not flip the case
+
+
+def test_fewer_sources_than_slots_reports_the_present_ones_only() -> None:
+    per_slice = np.array([[0.9, 0.5], [0.7, 0.5]], np.float32)
+    assert case_probabilities(per_slice, ["t1"]) == {"t1": 0.8}
+
+
+def test_no_check_or_no_inferred_slice_gives_none() -> None:
+    assert case_probabilities(None, ["flair"]) is None
+    assert case_probabilities(np.full((3, 2), np.nan, np.float32), ["flair", "adc"]) is None
+
+
+def test_warning_names_case_source_and_probability_only_below_threshold() -> None:
+    lines = mislabel_warnings("sub-01", {"flair": 0.93, "adc": 0.12, "t2": THRESHOLD})
+    assert len(lines) == 1
+    assert lines[0].startswith("sub-01: source 'adc' does not look like ADC")
+    assert "p = 0.12" in lines[0] and "\n" not in lines[0]
+    assert mislabel_warnings("sub-01", None) == []
