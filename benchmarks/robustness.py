@@ -216,15 +216,19 @@ def markdown(results: dict) -> str:
     checks = results.get("source_check") or {}
     if checks:
         lines += ["", f"Source check (models with one): mean p(`{s['corrupted_source']}` holds the contrast it is "
-                  "named as) over the test subjects' brain slices, and the AUC of telling each corruption from "
-                  "clean (0.5 chance, 1 perfect; the check is trained on wrong contrasts only):", "",
+                  "named as) over the test subjects' brain slices, the AUC of telling each corruption from "
+                  "clean (0.5 chance, 1 perfect; the check is trained on wrong contrasts only), and the subjects "
+                  "`medk2n-run` would warn about (median p over their slices < 0.5):", "",
                   "| method | slices | clean | " + " | ".join(CORRUPTIONS) + " | " +
-                  " | ".join(f"AUC {k}" for k in CORRUPTIONS) + " |", "|---|---|---|" + "---|" * 2 * len(CORRUPTIONS)]
+                  " | ".join(f"AUC {k}" for k in CORRUPTIONS) + " | flagged: clean | "
+                  + " | ".join(CORRUPTIONS) + " |", "|---|---|---|" + "---|" * (3 * len(CORRUPTIONS) + 1)]
         for method, c in checks.items():
-            p = c["p_named_right"]
+            p, flagged = c["p_named_right"], c.get("flagged")  # results before 2026-12-02 night have no flags
+            flags = [CLEAN, *CORRUPTIONS]
             lines.append(f"| {method} | {c['slices']} | {p[CLEAN]:.3f} | "
                          + " | ".join(f"{p[k]:.3f}" for k in CORRUPTIONS) + " | "
-                         + " | ".join(f"{c['auc'][k]:.3f}" for k in CORRUPTIONS) + " |")
+                         + " | ".join(f"{c['auc'][k]:.3f}" for k in CORRUPTIONS) + " | "
+                         + " | ".join(f"{flagged[k]:.0%}" if flagged else "–" for k in flags) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,10 @@ degraded slice scored below every clean one). The check is trained on the wrong 
 noise and ghosting a high probability (an AUC near 0.5) is what it should give: those frames are left
 to the quality gates. The slices are prepared by the runtime's own preprocessing
 (data.preprocess.prepare_case), so the check sees what it sees in deployment.
+
+`flagged` is what a user sees: the fraction of test subjects whose median probability over their
+slices is below runtime.source_check.THRESHOLD, i.e. the cases `medk2n-run` warns about (a false
+alarm on clean data, a detection under a wrong contrast).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from medk2n.data.cases import discover_dataset
 from medk2n.data.nifti import read_volume
 from medk2n.data.preprocess import prepare_case
+from medk2n.runtime.source_check import THRESHOLD
 from medk2n.train.checkpoint import load_checkpoint
 
 CLEAN = "clean"
@@ -36,8 +41,10 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return float((below + 0.5 * tied).sum() / (len(positives) * len(negatives)))
 
 
-def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str]) -> np.ndarray:
-    """p(named right) the check gives every source, [brain slices of every case under `test_dir`, K]."""
+def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """p(named right) the check gives every source: per slice [brain slices of every case under `test_dir`,
+    K], and per case [cases, K] (the median over its slices, as medk2n-run reports it)."""
     ids = torch.tensor([cfg.model.modality_id(m) for m in sources])
     values = []
     for case in discover_dataset(test_dir):
@@ -47,13 +54,16 @@ def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Se
         x = torch.from_numpy(np.stack([prepared.slices[m] for m in sources], axis=1)[keep])
         with torch.no_grad():
             values.append(torch.sigmoid(model.source_check_logits(x, ids.expand(len(x), -1))).numpy())
-    return np.concatenate(values) if values else np.zeros((0, len(sources)), dtype=np.float32)
+    if not values:
+        return np.zeros((0, len(sources)), dtype=np.float32), np.zeros((0, len(sources)), dtype=np.float32)
+    return np.concatenate(values), np.stack([np.median(v, axis=0) for v in values])
 
 
 def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[str, Mapping[str, Path]],
                         sources: Sequence[str]) -> dict[str, dict] | None:
-    """{source: {"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "slices": n}} for
-    each source of `corrupted` ({source: {corruption: test folder}}); None for a model without a check.
+    """{source: {"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "flagged": {condition:
+    fraction of subjects}, "slices": n}} for each source of `corrupted` ({source: {corruption: test folder}});
+    None for a model without a check.
     The checkpoint is loaded and the clean test set scored once for every source."""
     model, cfg, _ = load_checkpoint(checkpoint)
     if getattr(model, "source_check", None) is None:
@@ -63,11 +73,13 @@ def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[st
     scores = {}
     for source, folders in corrupted.items():
         slot = list(sources).index(source)
-        probs = {CLEAN: clean[:, slot], **{kind: check_probabilities(model, cfg, Path(folder), sources)[:, slot]
-                                           for kind, folder in folders.items()}}
+        found = {CLEAN: clean, **{kind: check_probabilities(model, cfg, Path(folder), sources)
+                                  for kind, folder in folders.items()}}
+        probs = {kind: slices[:, slot] for kind, (slices, _) in found.items()}
         scores[source] = {
             "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
             "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
+            "flagged": {kind: float(np.mean(cases[:, slot] < THRESHOLD)) for kind, (_, cases) in found.items()},
             "slices": int(len(probs[CLEAN])),
         }
     return scores

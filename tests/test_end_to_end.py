@@ -119,14 +119,17 @@ def test_eval_scores_checkpoint_and_bundle_alike(pipeline):
     """medk2n-eval goes through one pipeline for both, so an FP32 bundle scores as its checkpoint does."""
     from medk2n.eval.evaluate import MODEL, evaluate
 
-    scores = {}
+    scores, checks = {}, {}
     for name, path in (("checkpoint", pipeline["run"] / "checkpoints" / "best"), ("bundle", pipeline["bundle"])):
         with open_predictor(path, k=2, n=1) as predictor:
             result = evaluate(predictor, pipeline["data"], ["flair", "adc"], ["dwi"], train_dir=pipeline["data"])
         scores[name] = [r["masked_psnr"] for r in result.rows if r["method"] == MODEL]
+        checks[name] = [[p[s] for s in ("flair", "adc")] for p in result.source_check.values()]
         methods = {r["method"] for r in result.rows}
         assert {"copy:flair", "copy:adc", "mean-train"} <= methods
     np.testing.assert_allclose(scores["bundle"], scores["checkpoint"], atol=0.05)
+    assert len(checks["bundle"]) == len(scores["bundle"])  # the tiny preset's source check, per subject
+    np.testing.assert_allclose(checks["bundle"], checks["checkpoint"], atol=1e-3)
 
 
 def test_eval_cli_writes_every_report(pipeline, tmp_path):
@@ -144,6 +147,9 @@ def test_eval_cli_writes_every_report(pipeline, tmp_path):
     rows = [r for r in doc["subjects"] if r["method"] == "model"]
     assert rows and all(0.0 <= r["coverage"] <= 1.0 and -1.0 <= r["uncertainty_spearman"] <= 1.0 for r in rows)
     assert set(doc["risk_coverage"]) == {"adc", "dwi"}
+    cases = {r["case"] for r in rows}
+    assert set(doc["source_check"]) == cases and all(set(p) == {"flair"} for p in doc["source_check"].values())
+    assert "Source check (the model's p" in text
 
 
 def test_eval_names_a_mask_off_the_volume_grid(pipeline, tmp_path, capsys):

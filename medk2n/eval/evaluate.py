@@ -40,6 +40,8 @@ class EvalResult:
     errors: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     coverage: float | None = None  # of the intervals scored, when the predictor is calibrated
     model: dict = field(default_factory=dict)  # provenance of the weights scored (model_provenance)
+    # case -> source -> the model's p(the source holds the contrast it is named as); models with a check only
+    source_check: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def training_warning(self) -> str | None:
@@ -106,7 +108,10 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         volumes = load_case(case, [*sources, *targets])
         request = predictor.request(sources, targets, case.name)
         prepared = predictor.prepare(volumes, request, reference, case.name)
-        outputs = predictor.restore(*predictor.infer(prepared, request), prepared, request)
+        images, scales, check = predictor.infer_detailed(prepared, request)
+        outputs = predictor.restore(images, scales, prepared, request)
+        if check is not None:
+            result.source_check[case.name] = check
         mask = subject_mask(case, volumes[sources[0]])
         lesion = shipped_mask(case, "lesion", volumes[sources[0]][1])  # for the lesion-only metrics
         for target in targets:

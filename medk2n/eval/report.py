@@ -15,6 +15,7 @@ import numpy as np
 from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale, percentile_slope
 from medk2n.eval.uncertainty import ause, save_risk_coverage, sparsification
+from medk2n.runtime.source_check import THRESHOLD
 from medk2n.fsutil import write_atomic
 
 COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "lesion_mae", "lesion_bias",
@@ -48,7 +49,18 @@ def markdown(result: EvalResult, title: str) -> str:
             cells = [f"{stats[c]['mean']:.3f} ± {stats[c]['sd']:.3f}" if c in stats else "–" for c in COLUMNS]
             label = f"{method} (best copy)" if method.startswith("copy:") else method
             lines.append("| " + " | ".join([target, label, *cells]) + " |")
+    if result.source_check:
+        lines += ["", source_check_line(result.source_check)]
     return "\n".join(lines) + "\n"
+
+
+def source_check_line(checks: dict[str, dict[str, float]]) -> str:
+    """One sentence on the model's source check over the subjects: lowest p per source, and who failed it."""
+    sources = list(dict.fromkeys(s for per_case in checks.values() for s in per_case))
+    lowest = ", ".join(f"{s} {min(c[s] for c in checks.values() if s in c):.2f}" for s in sources)
+    failed = [f"{case} ({s} {p:.2f})" for case, per_case in checks.items() for s, p in per_case.items() if p < THRESHOLD]
+    return (f"Source check (the model's p that each source holds the contrast it is named as; median over a "
+            f"subject's slices): lowest per source {lowest}; below {THRESHOLD}: {', '.join(failed) or 'none'}.")
 
 
 def write_reports(result: EvalResult, out: Path, title: str, montage: bool = True) -> dict[str, Path]:
@@ -56,7 +68,8 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     out = Path(out)
     paths = {"json": out, "csv": out.with_suffix(".csv"), "md": out.with_suffix(".md")}
     doc = {"title": title, "sources": result.sources, "targets": result.targets, "model": result.model,
-           "summary": result.summary(), "subjects": result.rows}
+           "summary": result.summary(), "subjects": result.rows,
+           **({"source_check": result.source_check} if result.source_check else {})}
     write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
     write_atomic(paths["md"], markdown(result, title).encode())
     table = io.StringIO(newline="")

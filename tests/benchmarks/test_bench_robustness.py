@@ -131,7 +131,9 @@ def test_two_corrupted_sources_train_once_and_write_a_result_each(phantom, tmp_p
     # corruption, and a table in the report.
     check = every["flair"]["source_check"]["B5"]
     assert set(check["p_named_right"]) == {"clean", *CORRUPTIONS} and set(check["auc"]) == set(CORRUPTIONS)
-    assert all(0.0 <= v <= 1.0 for part in ("p_named_right", "auc") for v in check[part].values()) and check["slices"] > 0
+    assert set(check["flagged"]) == {"clean", *CORRUPTIONS}
+    assert all(0.0 <= v <= 1.0 for part in ("p_named_right", "auc", "flagged") for v in check[part].values())
+    assert check["slices"] > 0
     assert "Source check" in (out / "robustness-t-flair.md").read_text()
 
 
