@@ -70,15 +70,17 @@ class SliceInferer:
             out = self.runner.infer(feed)
             batch_images = out["images"][:len(index)]
             batch_scale = out["scale"][:len(index)] if "scale" in out else np.zeros_like(batch_images)
-            if not (np.isfinite(batch_images).all() and np.isfinite(batch_scale).all()):
+            batch_check = out["source_check"][:len(index)] if "source_check" in out else None
+            if not (np.isfinite(batch_images).all() and np.isfinite(batch_scale).all()
+                    and (batch_check is None or np.isfinite(batch_check).all())):
                 raise MedK2NError(f"{self.runner.name}: the model produced NaN/Inf "
                                   "(FP16 overflow? try --precision fp32)")
             images[:, index] = batch_images.transpose(1, 0, 2, 3)
             scale[:, index] = batch_scale.transpose(1, 0, 2, 3)
-            if "source_check" in out:
+            if batch_check is not None:
                 if check is None:
                     check = np.full((n_slices, len(sources)), np.nan, dtype=np.float32)
-                check[index] = out["source_check"][:len(index)]
+                check[index] = batch_check
             if progress is not None:
                 progress(len(index))
         return SliceOutputs(images, scale, check)
