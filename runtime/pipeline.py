@@ -39,7 +39,7 @@ from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
                                     check_output_writable, remove_own_partials)
 from medk2n.runtime.png import labelled_grid, write_png
-from medk2n.runtime.source_check import mislabel_warnings
+from medk2n.runtime.source_check import THRESHOLD as CHECK_THRESHOLD, mislabel_warnings
 
 if TYPE_CHECKING:
     from medk2n.runtime.synthesizer import Request, Synthesizer
@@ -142,7 +142,7 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
         images, scale, report.source_check = synth.infer_detailed(prepared, request, progress=bar.update)
     report.warnings = mislabel_warnings(report.name, report.source_check)
     with report.stage("postprocess"):
-        montage = case_montage(prepared, request, images, scale, keep) if png else None
+        montage = case_montage(prepared, request, images, scale, keep, report.source_check) if png else None
         head = synth.head_for(prepared, request)
     # One target at a time, restored, written and dropped: peak memory holds one target's image
     # and scale on the input grid, not N of each plus N uncertainty maps (issue 22).
@@ -170,11 +170,12 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
 
 
 def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, scale: np.ndarray,
-                 keep: np.ndarray) -> np.ndarray:
+                 keep: np.ndarray, source_check: dict[str, float] | None = None) -> np.ndarray:
     """Middle brain slice, labelled: sources / syntheses / predicted error rows, neurological view (anterior up).
 
     The error row is the Laplace scale, each tile stretched to its own maximum (bright = least trusted);
-    the maximum is printed under each tile and the windowing under the grid."""
+    the maximum is printed under each tile and the windowing under the grid. With a source check, each
+    source's caption carries its probability, and FAIL when it is below the threshold."""
     brain = np.flatnonzero(keep)
     mid = int(brain[len(brain) // 2]) if len(brain) else len(keep) // 2
 
@@ -185,13 +186,21 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
     for target, spread in zip(request.targets, scale):
         top = max(float(spread[mid].max()), 1e-6)
         errors.append((f"{target} max {top:.3f}", view(spread[mid] / top)))
+    def source_label(m: str) -> str:
+        if not source_check or m not in source_check:
+            return m
+        p = source_check[m]
+        return f"{m} check {p:.2f}" + (" FAIL" if p < CHECK_THRESHOLD else "")
+
     return labelled_grid(
-        [("Sources", [(m, view(prepared.slices[m][mid])) for m in request.sources]),
+        [("Sources", [(source_label(m), view(prepared.slices[m][mid])) for m in request.sources]),
          ("Syntheses", [(t, view(img[mid])) for t, img in zip(request.targets, images)]),
          ("Predicted error (Laplace scale)", errors)],
         notes=[f"Slice {mid} of the model grid (axial, anterior up, neurological: patient left on the left). Sources and "
                "syntheses: grey 0-1 = the normalised intensity the model sees (per-volume percentile scaling; "
-               "ADC a fixed physical range). Error row: 0 to each tile's own max, in the same normalised units."],
+               "ADC a fixed physical range). Error row: 0 to each tile's own max, in the same normalised units.",
+               *([f"Source check: the model's p that each source is the contrast it is named as (median over the "
+                  f"case's slices); FAIL below {CHECK_THRESHOLD}: check that series' label."] if source_check else [])],
     )
 
 

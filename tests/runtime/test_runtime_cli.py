@@ -293,3 +293,22 @@ def test_sources_passing_the_check_and_bundles_without_one_warn_nothing(tmp_path
         assert result.exit_code == 0, result.output
         assert "WARNING" not in result.stderr
         assert json.loads(report.read_text())["cases"][0]["source_check"] == expected
+
+
+def test_montage_names_a_source_that_fails_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The montage is what a reader looks at: the failing source's caption says so."""
+    from medk2n.runtime import pipeline
+
+    folder = make_bundle(tmp_path / "checked", source_check=True)
+    seen = {}
+    real = pipeline.labelled_grid
+
+    def spy(rows, notes):
+        seen["rows"], seen["notes"] = rows, notes
+        return real(rows, notes)
+
+    monkeypatch.setattr(pipeline, "labelled_grid", spy)
+    result = run(*synth_args(folder, write_case(tmp_path / "case001"), out=tmp_path / "out"), "--png")
+    assert result.exit_code == 0, result.output
+    assert [label for label, _ in seen["rows"][0][1]] == ["t2 check 0.20 FAIL", "flair check 0.90"]
+    assert seen["notes"][-1].startswith("Source check: the model's p")
