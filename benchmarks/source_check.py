@@ -25,6 +25,7 @@ import torch
 from medk2n.data.cases import discover_dataset
 from medk2n.data.nifti import read_volume
 from medk2n.data.preprocess import prepare_case
+from medk2n.models.medk2n import has_source_check
 from medk2n.runtime.source_check import THRESHOLD
 from medk2n.train.checkpoint import load_checkpoint
 
@@ -66,7 +67,7 @@ def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[st
     None for a model without a check.
     The checkpoint is loaded and the clean test set scored once for every source."""
     model, cfg, _ = load_checkpoint(checkpoint)
-    if getattr(model, "source_check", None) is None:
+    if not has_source_check(model):
         return None
     model.eval()
     clean = check_probabilities(model, cfg, Path(clean_dir), sources)

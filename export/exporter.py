@@ -31,8 +31,9 @@ from medk2n.export.calibration import SampleSet
 from medk2n.export.onnx_export import check_onnx, export_onnx
 from medk2n.export.source import Source, load_source
 from medk2n.export.spec import DEFAULT_OPSET, ENGINES, PRECISIONS, SOURCE_CHECK, GraphSpec, parse_batch
-from medk2n.export.wrapper import has_source_check, prepare_for_export
+from medk2n.export.wrapper import prepare_for_export
 from medk2n.manifest import Manifest, ModelFile, training_roles
+from medk2n.models.medk2n import has_source_check
 from medk2n.runtime.bundle import Bundle
 
 CALIB_SEED = 0

@@ -26,11 +26,7 @@ from torch import nn
 
 from medk2n.errors import ExportError
 from medk2n.export.spec import GraphSpec
-
-
-def has_source_check(model: nn.Module) -> bool:
-    """Whether `model` carries a trained source check to export (Med-K2N built with model.source_check)."""
-    return getattr(model, "source_check", None) is not None
+from medk2n.models.medk2n import has_source_check
 
 
 class FixedKN(nn.Module):

@@ -27,6 +27,7 @@ def open_predictor(path: str | Path, k: int, n: int, backend: str = "auto", prec
 
 def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu",
                            batch_size: int | None = None) -> Synthesizer:
+    from medk2n.models.medk2n import has_source_check
     from medk2n.models.runner import TorchRunner
     from medk2n.runtime.backends import BackendChoice
     from medk2n.runtime.bundle import Bundle
@@ -38,8 +39,8 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
         k=k, n=n, image_size=mc.image_size, modalities=list(mc.modalities),
         normalization={m: vars(spec) for m, spec in mc.normalization.items()}, precision="fp32",
         # A checkpoint has the scale output but no conformal calibration: its scale is scored, no interval.
-        models=[], inputs=[], outputs=[TensorSpec(name, "float32", []) for name in ("images", "scale", "source_check")
-                                       if name != "source_check" or getattr(model, "source_check", None) is not None],
+        models=[], inputs=[], outputs=[TensorSpec(name, "float32", []) for name in
+                                       ("images", "scale", *(("source_check",) if has_source_check(model) else ()))],
         batch={"min": 1, "opt": 8, "max": 1024},
         roles=training_roles(cfg.train),
         source={"weights_sha256": sha256_file(Path(path) / WEIGHTS), "training": meta},

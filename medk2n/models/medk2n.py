@@ -164,3 +164,9 @@ class MedK2N(nn.Module):
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
             src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error, source_check=check,
         )
+
+
+def has_source_check(model: nn.Module) -> bool:
+    """Whether `model` carries a source check (Med-K2N built with model.source_check; never B0 or the U-Net):
+    the export gives it a third output and the runtime reports it."""
+    return getattr(model, "source_check", None) is not None

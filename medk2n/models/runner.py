@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medk2n.models.medk2n import has_source_check
 from medk2n.runtime.runners import Runner
 
 
@@ -29,16 +30,12 @@ class TorchRunner(Runner):
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feed.items()}
         args = (tensors["x"], tensors["src"], tensors["tgt"], tensors["avail"])
-        if not self.has_source_check:
+        if not has_source_check(self.model):
             images, scale = self.model(*args)
             return {"images": images.float().cpu().numpy(), "scale": scale.float().cpu().numpy()}
         out = self.model.synthesize(*args)  # the outputs an exported graph of this model has
         return {"images": out.images.float().cpu().numpy(), "scale": out.scale.float().cpu().numpy(),
                 "source_check": torch.sigmoid(out.source_check).float().cpu().numpy()}
-
-    @property
-    def has_source_check(self) -> bool:
-        return getattr(self.model, "source_check", None) is not None
 
     @property
     def providers(self) -> list[str]:
