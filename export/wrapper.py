@@ -26,7 +26,7 @@ from torch import nn
 
 from medk2n.errors import ExportError
 from medk2n.export.spec import GraphSpec
-from medk2n.models.medk2n import has_source_check
+from medk2n.models.medk2n import graph_outputs
 
 
 class FixedKN(nn.Module):
@@ -38,7 +38,6 @@ class FixedKN(nn.Module):
         self.model = model
         self.k = k
         self.n = n
-        self.source_check = has_source_check(model)
 
     def forward(
         self, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor, avail: torch.Tensor
@@ -49,11 +48,7 @@ class FixedKN(nn.Module):
             raise ExportError(
                 f"graph is fixed to K={self.k}, at most N={self.n}; got x {tuple(x.shape)}, tgt {tuple(tgt.shape)}"
             )
-        if self.source_check:
-            out = self.model.synthesize(x, src, tgt, avail)
-            return out.images, out.scale, torch.sigmoid(out.source_check)
-        images, scale = self.model(x, src, tgt, avail)
-        return images, scale
+        return graph_outputs(self.model, x, src, tgt, avail)
 
 
 def prepare_for_export(model: nn.Module, spec: GraphSpec) -> tuple[FixedKN, nn.Module]:

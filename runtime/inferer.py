@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from medk2n.errors import MedK2NError
+from medk2n.runtime.bundle import SOURCE_CHECK
 from medk2n.runtime.runners import Runner
 
 
@@ -70,7 +71,7 @@ class SliceInferer:
             out = self.runner.infer(feed)
             batch_images = out["images"][:len(index)]
             batch_scale = out["scale"][:len(index)] if "scale" in out else np.zeros_like(batch_images)
-            batch_check = out["source_check"][:len(index)] if "source_check" in out else None
+            batch_check = out[SOURCE_CHECK][:len(index)] if SOURCE_CHECK in out else None
             if not (np.isfinite(batch_images).all() and np.isfinite(batch_scale).all()
                     and (batch_check is None or np.isfinite(batch_check).all())):
                 raise MedK2NError(f"{self.runner.name}: the model produced NaN/Inf "

@@ -170,3 +170,14 @@ def has_source_check(model: nn.Module) -> bool:
     """Whether `model` carries a source check (Med-K2N built with model.source_check; never B0 or the U-Net):
     the export gives it a third output and the runtime reports it."""
     return getattr(model, "source_check", None) is not None
+
+
+def graph_outputs(model: nn.Module, x: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor,
+                  avail: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What an exported graph of `model` returns: (images, scale), plus the source check's probabilities
+    [B,K] when it has one. The export wrapper traces this and the PyTorch runner serves it, so a
+    checkpoint and its bundle answer with the same outputs."""
+    if not has_source_check(model):
+        return tuple(model(x, src, tgt, avail))
+    out = model.synthesize(x, src, tgt, avail)
+    return out.images, out.scale, torch.sigmoid(out.source_check)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medk2n.models.medk2n import has_source_check
+from medk2n.models.medk2n import graph_outputs
+from medk2n.runtime.bundle import OUTPUT_NAMES, SOURCE_CHECK
 from medk2n.runtime.runners import Runner
+
+GRAPH_OUTPUT_NAMES = (*OUTPUT_NAMES, SOURCE_CHECK)  # in the order graph_outputs returns them
 
 
 class TorchRunner(Runner):
@@ -29,13 +32,8 @@ class TorchRunner(Runner):
     @torch.inference_mode()
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feed.items()}
-        args = (tensors["x"], tensors["src"], tensors["tgt"], tensors["avail"])
-        if not has_source_check(self.model):
-            images, scale = self.model(*args)
-            return {"images": images.float().cpu().numpy(), "scale": scale.float().cpu().numpy()}
-        out = self.model.synthesize(*args)  # the outputs an exported graph of this model has
-        return {"images": out.images.float().cpu().numpy(), "scale": out.scale.float().cpu().numpy(),
-                "source_check": torch.sigmoid(out.source_check).float().cpu().numpy()}
+        outputs = graph_outputs(self.model, tensors["x"], tensors["src"], tensors["tgt"], tensors["avail"])
+        return {name: tensor.float().cpu().numpy() for name, tensor in zip(GRAPH_OUTPUT_NAMES, outputs)}
 
     @property
     def providers(self) -> list[str]:
