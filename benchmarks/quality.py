@@ -291,8 +291,9 @@ def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, b
 
 
 def evaluate_checkpoint(checkpoint: Path, tasks: Sequence[Task], split: dict, device: str,
-                        references: bool) -> tuple[list[dict], dict]:
-    """Rows (method "model", plus copy/mean-train references when asked) and middle-slice examples per task."""
+                        references: bool, exclude_mislabelled: bool = False) -> tuple[list[dict], dict]:
+    """Rows (method "model", plus copy/mean-train references when asked) and middle-slice examples per task;
+    `exclude_mislabelled` as `medk2n-run --exclude-mislabelled` (eval.evaluate)."""
     from medk2n.eval.evaluate import evaluate
     from medk2n.eval.predictor import checkpoint_synthesizer
 
@@ -300,7 +301,8 @@ def evaluate_checkpoint(checkpoint: Path, tasks: Sequence[Task], split: dict, de
     for task in tasks:
         with checkpoint_synthesizer(checkpoint, len(task.sources), len(task.targets), device=device) as predictor:
             result = evaluate(predictor, split["test_dir"], task.sources, task.targets,
-                              train_dir=split["train_dir"] if references else None, examples=1)
+                              train_dir=split["train_dir"] if references else None, examples=1,
+                              exclude_mislabelled=exclude_mislabelled)
         rows += [{**r, "task": task.key} for r in result.rows if references or r["method"] == "model"]
         examples[task.key] = result.examples
     return rows, examples

@@ -16,6 +16,13 @@ subject, by
 Each method's drop is its clean masked PSNR minus its degraded one, per
 subject (mean over the task's targets), and the drops of two methods are
 compared paired over subjects (exact Wilcoxon signed-rank).
+
+A method whose model has a source check also gets a row `<method>+exclude`:
+the same model scored, clean and degraded, as `medk2n-run
+--exclude-mislabelled` runs it (a source the check doubts is left out of that
+subject's synthesis). Its clean score carries the cost of false alarms, its
+degraded scores the gain of detections; without the source (`absent`) there
+is nothing to exclude, so that column is the method's own.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from medk2n.fsutil import write_atomic
 
 CORRUPTIONS = ("noise", "ghosting", "contrast")
 ABSENT = "absent"  # the source left out: the floor of a method that detects and drops it
+EXCLUDING = "+exclude"  # suffix of the row scoring a checked model as `medk2n-run --exclude-mislabelled` runs it
 KINDS = (*CORRUPTIONS, ABSENT)
 DEFAULT_METHODS = ("B0", "B5", "unet")
 DEFAULT_TASK = "flair,adc->dwi,t2,t1,pd"
@@ -127,15 +135,26 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
             scores = source_check_scores(runs[method]["checkpoint"], split["test_dir"],
                                          {name: {k: test_sets[name, k] for k in CORRUPTIONS} for name in sources},
                                          task.sources)
+            if scores is not None:
+                runs[method + EXCLUDING] = runs[method]
+                clean_excluding, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device,
+                                                         references=False, exclude_mislabelled=True)
             for name in sources:
-                if scores is not None:
-                    checks[name][method] = scores[name]
                 rows[name][method] = {"clean": clean}  # one clean score serves every corrupted source
                 conditions = [*((kind, task, test_sets[name, kind]) for kind in CORRUPTIONS),
                               (ABSENT, without_source(task, name), split["test_dir"])]
                 for kind, asked, test_dir in conditions:
                     rows[name][method][kind], _ = evaluate_checkpoint(
                         runs[method]["checkpoint"], [asked], {**split, "test_dir": test_dir}, device, references=False)
+                if scores is None:
+                    continue
+                checks[name][method] = scores[name]
+                excluding = rows[name][method + EXCLUDING] = {"clean": clean_excluding,
+                                                              ABSENT: rows[name][method][ABSENT]}
+                for kind in CORRUPTIONS:
+                    excluding[kind], _ = evaluate_checkpoint(
+                        runs[method]["checkpoint"], [task], {**split, "test_dir": test_sets[name, kind]}, device,
+                        references=False, exclude_mislabelled=True)
     every = {}
     for name in sources:
         results = summarise(rows[name], task, name, runs)
@@ -201,7 +220,11 @@ def markdown(results: dict) -> str:
              f"{len(results['split']['test'])} test subjects. Masked PSNR (dB, mean over the task's targets): "
              "clean, and the drop (clean minus degraded; smaller is more robust), mean ± sd over subjects."
              + (f" `absent`: the task without `{s['corrupted_source']}` (clean data), the drop of a method that "
-                "detected the degraded source and ignored it." if ABSENT in kinds else ""), "",
+                "detected the degraded source and ignored it." if ABSENT in kinds else "")
+             + (f" `<method>{EXCLUDING}`: the same model run as `medk2n-run --exclude-mislabelled` runs it (a source "
+                "its check doubts is left out), clean and degraded." if any(m.endswith(EXCLUDING)
+                                                                             for m in results["methods"]) else ""),
+             "",
              "| method | steps | clean | drop: " + " | drop: ".join(kinds) + " |",
              "|---|---|---|" + "---|" * len(kinds)]
     for method, row in results["methods"].items():

@@ -43,12 +43,13 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 
 def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Sequence[str]
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """p(named right) the check gives every source: per slice [brain slices of every case under `test_dir`,
-    K], and per case [cases, K] (the median over its slices, as medk2n-run reports it)."""
+    K], per case [cases, K] (the median over its slices, as medk2n-run reports it), and the case names."""
     ids = torch.tensor([cfg.model.modality_id(m) for m in sources])
     values = []
-    for case in discover_dataset(test_dir):
+    cases = discover_dataset(test_dir)
+    for case in cases:
         prepared = prepare_case({m: read_volume(case.files[m]) for m in sources}, cfg.model.normalization,
                                 cfg.model.image_size)
         keep = prepared.brain.reshape(len(prepared.brain), -1).any(axis=1)
@@ -56,14 +57,14 @@ def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Se
         with torch.no_grad():
             values.append(torch.sigmoid(model.source_check_logits(x, ids.expand(len(x), -1))).numpy())
     if not values:
-        return np.zeros((0, len(sources)), dtype=np.float32), np.zeros((0, len(sources)), dtype=np.float32)
-    return np.concatenate(values), np.stack([np.median(v, axis=0) for v in values])
+        return np.zeros((0, len(sources)), dtype=np.float32), np.zeros((0, len(sources)), dtype=np.float32), []
+    return np.concatenate(values), np.stack([np.median(v, axis=0) for v in values]), [c.name for c in cases]
 
 
 def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[str, Mapping[str, Path]],
                         sources: Sequence[str]) -> dict[str, dict] | None:
     """{source: {"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "flagged": {condition:
-    fraction of subjects}, "slices": n}} for each source of `corrupted` ({source: {corruption: test folder}});
+    fraction of subjects}, "per_subject": {condition: {case: median p}}, "slices": n}} for each source of `corrupted` ({source: {corruption: test folder}});
     None for a model without a check.
     The checkpoint is loaded and the clean test set scored once for every source."""
     model, cfg, _ = load_checkpoint(checkpoint)
@@ -76,11 +77,13 @@ def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[st
         slot = list(sources).index(source)
         found = {CLEAN: clean, **{kind: check_probabilities(model, cfg, Path(folder), sources)
                                   for kind, folder in folders.items()}}
-        probs = {kind: slices[:, slot] for kind, (slices, _) in found.items()}
+        probs = {kind: slices[:, slot] for kind, (slices, _, _) in found.items()}
         scores[source] = {
             "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
             "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
-            "flagged": {kind: float(np.mean(cases[:, slot] < THRESHOLD)) for kind, (_, cases) in found.items()},
+            "flagged": {kind: float(np.mean(cases[:, slot] < THRESHOLD)) for kind, (_, cases, _) in found.items()},
+            "per_subject": {kind: {name: round(float(p), 4) for name, p in zip(names, cases[:, slot])}
+                            for kind, (_, cases, names) in found.items()},
             "slices": int(len(probs[CLEAN])),
         }
     return scores

@@ -9,7 +9,8 @@ Thin on purpose (nnU-Net style): parse, build a `Synthesizer`, call
 `run_cases`, print. stdout gets the backend line, one line per written case
 and the summary; stderr gets one `error: ...` line per failed case and
 `WARNING: ...` lines (a model trained short, a source that fails the model's
-source check: runtime.source_check), so scripts can tell them apart. Exit code 2 when any case
+source check: runtime.source_check; with --exclude-mislabelled that source is
+left out), so scripts can tell them apart. Exit code 2 when any case
 failed. SIGTERM is an interruption like Ctrl-C: one line, exit 130, and the
 case being written leaves nothing behind.
 """
@@ -78,6 +79,9 @@ def _names(text: str) -> list[str]:
               help="Refuse volumes larger than this (checked on the header, before anything is allocated).")
 @click.option("--overwrite", is_flag=True, help="Replace existing OUT/<case> folders.")
 @click.option("--png", is_flag=True, help="Also write OUT/<case>/montage.png (middle axial slice).")
+@click.option("--exclude-mislabelled", is_flag=True,
+              help="Leave out a source the model's source check doubts (it does not look like the contrast it is "
+                   "named as) and synthesise from the others; default: warn and keep it.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write a JSON summary: backend, providers, per-case stage timings, failures.")
 @debug_option
@@ -85,7 +89,7 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], 
             out_dir: Path, backend: str, url: str | None, served_model: str, in_flight: int,
             precision: str | None, batch_size: int | None, threads: int | None,
             reference: str | None, coverage: float, max_voxels: int, overwrite: bool, png: bool,
-            json_path: Path | None, debug: bool) -> None:
+            exclude_mislabelled: bool, json_path: Path | None, debug: bool) -> None:
     """Synthesise TARGETS from SOURCES for each CASE_DIR (a case folder or a dataset root) with the bundle
     at BUNDLE, or for the one study given with -i."""
 
@@ -112,10 +116,14 @@ def command(bundle: Path, case_dirs: tuple[Path, ...], inputs: tuple[str, ...], 
                 if missing:
                     click.echo(f"note: no conformal calibration for {', '.join(missing)} in this bundle: "
                                "no uncertainty map for it", err=True)
+            if exclude_mislabelled and not synth.bundle.has_source_check:
+                click.echo("note: this bundle's model has no source check: --exclude-mislabelled cannot act; "
+                           "every source is used as named", err=True)
             try:
                 reports = run_cases(synth, cases, source_names, _names(targets), publish_dir,
                                     reference=reference, overwrite=overwrite, png=png, show_progress=True,
-                                    raise_errors=debug, on_case=_echo_case)
+                                    raise_errors=debug, on_case=_echo_case,
+                                    exclude_mislabelled=exclude_mislabelled)
             except RunFault as fault:
                 if json_path is not None:
                     write_run_json(json_path, synth, fault.reports, time.perf_counter() - start, str(fault))

@@ -59,6 +59,8 @@ class CaseReport:
     outputs: list[str] = field(default_factory=list)
     # source -> the model's p(it holds the contrast it is named as); None when the bundle has no check
     source_check: dict[str, float] | None = None
+    # sources left out by --exclude-mislabelled (the synthesis used the others); None when not asked
+    excluded_sources: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
 
     @contextmanager
@@ -133,14 +135,17 @@ def _input_folders(case: Case) -> list[Path]:
 
 
 def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwrite: bool, png: bool,
-                 show_progress: bool = False) -> CaseReport:
+                 show_progress: bool = False, exclude_mislabelled: bool = False) -> CaseReport:
     report, request, prepared = loaded.report, loaded.request, loaded.prepared
     keep = brain_slices(prepared.brain)
     report.slices, report.slices_inferred = len(keep), int(keep.sum())
     with report.stage("infer"), tqdm(total=report.slices_inferred, desc=report.name, unit="slice",
                                      disable=None if show_progress else True, leave=False) as bar:
-        images, scale, report.source_check = synth.infer_detailed(prepared, request, progress=bar.update)
-    report.warnings = mislabel_warnings(report.name, report.source_check)
+        inference = synth.infer_detailed(prepared, request, progress=bar.update,
+                                         exclude_mislabelled=exclude_mislabelled)
+    images, scale, report.source_check = inference.images, inference.scale, inference.source_check
+    request, report.excluded_sources = inference.request, inference.excluded
+    report.warnings = mislabel_warnings(report.name, report.source_check, report.excluded_sources)
     with report.stage("postprocess"):
         montage = case_montage(prepared, request, images, scale, keep, report.source_check) if png else None
         head = synth.head_for(prepared, request)
@@ -207,9 +212,11 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
 def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequence[str], targets: Sequence[str],
               out_dir: Path, reference: str | None = None, overwrite: bool = False, png: bool = False,
               show_progress: bool = False, raise_errors: bool = False,
-              on_case: Callable[[CaseReport], None] | None = None) -> list[CaseReport]:
+              on_case: Callable[[CaseReport], None] | None = None,
+              exclude_mislabelled: bool = False) -> list[CaseReport]:
     """Process every case the inputs name; failures are reported (or raised with `raise_errors`), the rest
-    still written."""
+    still written. `exclude_mislabelled`: leave out a source the model's check doubts
+    (Synthesizer.infer_detailed)."""
     items = expand_inputs(inputs, sources, targets)
     if raise_errors:
         for item in items:
@@ -244,7 +251,8 @@ def run_cases(synth: "Synthesizer", inputs: Sequence[Path | Case], sources: Sequ
                     pending = pool.submit(load, items[i + 1])  # read the next case while this one runs
                 report = loaded
                 if isinstance(loaded, LoadedCase):
-                    report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress),
+                    report = _guard(lambda: finish_stage(synth, loaded, out_dir, overwrite, png, show_progress,
+                                                         exclude_mislabelled),
                                     item, raise_errors, loaded.report)
                 reports.append(report)
                 if on_case is not None:

@@ -21,6 +21,18 @@ FLAIR, and the fusion's quality gates weigh what is left in it), nor a
 guarantee. On the phantom benchmark (docs/experiments.md, 2026-12-02
 evening) a wrong contrast under FLAIR's name was told from clean FLAIR with
 AUC 0.94-0.99, FLAIR under ADC's name with AUC 0.77-0.81.
+
+Warning is the default: the user asked for these sources and decides. With
+`exclude` (`medk2n-run --exclude-mislabelled`) a doubted source is left out
+and the case synthesised again from the others, as if it had not been given,
+which is what a reader would do with a series they believe mislabelled: a
+synthesis from a wrong contrast is worse than one from fewer right ones
+(docs/experiments.md measures both). The slices of the kept sources are the
+ones already prepared (each source is normalised on its own); the case's
+head mask stays the one of all given sources, since a mislabelled series is
+still an image of this head on this grid. When the check doubts every
+source, nothing is left to synthesise from: nothing is excluded and the
+warnings say so.
 """
 
 from __future__ import annotations
@@ -43,10 +55,31 @@ def case_probabilities(per_slice: np.ndarray | None, sources: Sequence[str]) -> 
     return {name: round(float(np.median(per_slice[ran, slot])), 4) for slot, name in enumerate(sources)}
 
 
-def mislabel_warnings(case: str, probabilities: dict[str, float] | None) -> list[str]:
-    """One line per source the check doubts, naming the case, the source and the probability."""
-    if not probabilities:
-        return []
-    return [f"{case}: source {name!r} does not look like {name.upper()} to the model (source check "
-            f"p = {p:.2f} < {THRESHOLD}): check that series' label; a synthesis from another contrast is wrong"
-            for name, p in probabilities.items() if p < THRESHOLD]
+def doubted(probabilities: dict[str, float] | None) -> list[str]:
+    """The sources whose case probability is below THRESHOLD, in slot order."""
+    return [name for name, p in (probabilities or {}).items() if p < THRESHOLD]
+
+
+def sources_to_exclude(probabilities: dict[str, float] | None) -> list[str]:
+    """What `exclude` leaves out: the doubted sources, or none when every source is doubted."""
+    names = doubted(probabilities)
+    return [] if len(names) == len(probabilities or {}) else names
+
+
+def mislabel_warnings(case: str, probabilities: dict[str, float] | None,
+                      excluded: Sequence[str] | None = None) -> list[str]:
+    """One line per source the check doubts, naming the case, the source, the probability and what was
+    done: warned only (`excluded` None), left out of the synthesis, or kept because every source was doubted
+    (`excluded` empty)."""
+    lines = []
+    for name in doubted(probabilities):
+        head = (f"{case}: source {name!r} does not look like {name.upper()} to the model (source check "
+                f"p = {probabilities[name]:.2f} < {THRESHOLD}): ")
+        if excluded is None:
+            lines.append(head + "check that series' label; a synthesis from another contrast is wrong")
+        elif name in excluded:
+            kept = [m for m in probabilities if m not in excluded]
+            lines.append(head + f"left out (--exclude-mislabelled); synthesised from {', '.join(kept)} only")
+        else:
+            lines.append(head + "kept: the check doubts every source, so none was left out; check the labels")
+    return lines

@@ -32,7 +32,7 @@ from medk2n.runtime.bundle import Bundle, load_bundle
 from medk2n.runtime.inferer import SliceInferer, brain_slices
 from medk2n.runtime.pipeline import CaseReport, load_stage, finish_stage
 from medk2n.runtime.runners import Runner
-from medk2n.runtime.source_check import case_probabilities
+from medk2n.runtime.source_check import case_probabilities, sources_to_exclude
 from medk2n.runtime.triton import TritonServer
 from medk2n.runtime.uncertainty import DEFAULT_COVERAGE, check_coverage, interval_factor
 
@@ -62,6 +62,8 @@ class Inference(NamedTuple):
     images: np.ndarray  # [n_targets, S, H, W]
     scale: np.ndarray  # [n_targets, S, H, W]
     source_check: dict[str, float] | None  # source -> p(it is the contrast it is named as); None without a check
+    request: Request  # the request the outputs answer: the one asked, or it without the excluded sources
+    excluded: list[str] | None = None  # sources left out by exclude_mislabelled; None when not asked
 
 
 class Synthesizer:
@@ -203,10 +205,26 @@ class Synthesizer:
         return self.infer_detailed(prepared, request, progress)[:2]
 
     def infer_detailed(self, prepared: PreparedCase, request: Request,
-                       progress: Callable[[int], None] | None = None) -> Inference:
+                       progress: Callable[[int], None] | None = None,
+                       exclude_mislabelled: bool = False) -> Inference:
         """`infer`, plus the model's source check when the bundle has one: per source, the median
         over the inferred slices of p(the source holds the contrast it is named as)
-        (runtime.source_check)."""
+        (runtime.source_check).
+
+        With `exclude_mislabelled`, a source the check doubts is left out and the case inferred again
+        from the others (never all of them: runtime.source_check.sources_to_exclude); the result's
+        `request` is then the reduced one, and `source_check` still the first pass's, over every source."""
+        first = self._infer(prepared, request, progress)
+        if not exclude_mislabelled or first.source_check is None:
+            return first
+        excluded = sources_to_exclude(first.source_check)
+        if not excluded:
+            return first._replace(excluded=[])
+        kept = self.request([m for m in request.sources if m not in excluded], request.targets)
+        return self._infer(prepared, kept, progress)._replace(source_check=first.source_check, excluded=excluded)
+
+    def _infer(self, prepared: PreparedCase, request: Request,
+               progress: Callable[[int], None] | None) -> Inference:
         sources = [prepared.slices[m] for m in request.sources]
         slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
         images, scale, check = self.inferer(slots, request.src, request.tgt, request.avail,
@@ -217,7 +235,7 @@ class Synthesizer:
         # it paints there is haze, not a synthesis: the background is written as 0.
         support = synthesis_support(prepared.brain, sources)
         return Inference(np.clip(images[:n], 0.0, 1.0) * support[None], np.maximum(scale[:n], 0.0) * support[None],
-                         case_probabilities(check, request.sources))
+                         case_probabilities(check, request.sources), request)
 
     def restore(self, images: np.ndarray, scale: np.ndarray, prepared: PreparedCase,
                 request: Request) -> Outputs:
@@ -259,23 +277,27 @@ class Synthesizer:
         return image, np.maximum(spread, 0.0, out=spread)
 
     def run(self, volumes: Volumes, sources: Sequence[str] | None, targets: Sequence[str],
-            reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input") -> Outputs:
+            reference: str | None = None, *, affine: np.ndarray | None = None, name: str = "input",
+            exclude_mislabelled: bool = False) -> Outputs:
         """target -> (image, scale) on the input grid, without touching files (`halfwidth` makes an interval).
 
         `volumes` maps modality -> (array, VolumeInfo) as `read_volume` gives,
         or modality -> 3-D array with one shared `affine` (identity if None).
         `sources` defaults to the volumes' order; the first one is slot 0.
+        `exclude_mislabelled`: see `infer_detailed` (which also says what the check found).
         """
         volumes = as_volumes(volumes, affine, name)
         request = self.request(list(volumes) if sources is None else sources, targets, name)
         prepared = self.prepare(volumes, request, reference, name)
-        return self.restore(*self.infer(prepared, request), prepared, request)
+        found = self.infer_detailed(prepared, request, exclude_mislabelled=exclude_mislabelled)
+        return self.restore(found.images, found.scale, prepared, found.request)
 
     def run_case(self, case_dir: str | Path, sources: Sequence[str], targets: Sequence[str], out_dir: str | Path,
-                 reference: str | None = None, overwrite: bool = False, png: bool = False) -> CaseReport:
+                 reference: str | None = None, overwrite: bool = False, png: bool = False,
+                 exclude_mislabelled: bool = False) -> CaseReport:
         """Read a case folder, synthesise, write OUT/<case>/; raises on any failure (nothing written)."""
         loaded = load_stage(self, Path(case_dir), sources, targets, Path(out_dir), reference, overwrite)
-        return finish_stage(self, loaded, Path(out_dir), overwrite, png)
+        return finish_stage(self, loaded, Path(out_dir), overwrite, png, exclude_mislabelled=exclude_mislabelled)
 
 
 # Normalised source intensity below which a pixel outside the head mask counts as air.

@@ -150,6 +150,12 @@ def test_eval_cli_writes_every_report(pipeline, tmp_path):
     cases = {r["case"] for r in rows}
     assert set(doc["source_check"]) == cases and all(set(p) == {"flair"} for p in doc["source_check"].values())
     assert "Source check (the model's p" in text
+    # --exclude-mislabelled scores what medk2n-run writes with it, and says per subject what it left out.
+    excluding = tmp_path / "excluding.json"
+    _run(eval_main, [str(pipeline["bundle"]), str(pipeline["data"]), "--sources", "flair", "--targets", "adc,dwi",
+                     "--out", str(excluding), "--no-montage", "--exclude-mislabelled"])
+    assert set(json.loads(excluding.read_text())["excluded_sources"]) == cases
+    assert "With --exclude-mislabelled: sources left out" in excluding.with_suffix(".md").read_text()
 
 
 def test_eval_names_a_mask_off_the_volume_grid(pipeline, tmp_path, capsys):

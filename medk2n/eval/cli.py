@@ -29,9 +29,12 @@ def _names(text: str) -> list[str]:
 @click.option("--coverage", type=float, default=0.9, show_default=True,
               help="Coverage of the intervals whose empirical coverage is scored (calibrated bundles).")
 @click.option("--no-montage", is_flag=True, help="Skip the PNG montage and the risk-coverage plot.")
+@click.option("--exclude-mislabelled", is_flag=True,
+              help="Score what medk2n-run --exclude-mislabelled writes: a source the model's check doubts is "
+                   "left out of that subject's synthesis.")
 @debug_option
 def main(model_path, dataset, sources, targets, out, train_data, backend, precision, device, reference,
-         coverage, no_montage, debug):
+         coverage, no_montage, exclude_mislabelled, debug):
     """Evaluate MODEL_PATH (checkpoint folder or bundle) on DATASET."""
 
     def body() -> int:
@@ -42,7 +45,8 @@ def main(model_path, dataset, sources, targets, out, train_data, backend, precis
         src, tgt = _names(sources), _names(targets)
         with open_predictor(model_path, k=len(src), n=len(tgt), backend=backend, precision=precision,
                             device=device, coverage=coverage) as predictor:
-            result = evaluate(predictor, dataset, src, tgt, train_dir=train_data, reference=reference)
+            result = evaluate(predictor, dataset, src, tgt, train_dir=train_data, reference=reference,
+                              exclude_mislabelled=exclude_mislabelled)
             backend_used = predictor.choice.describe()
         title = f"{model_path.name}: {'+'.join(src)} → {'+'.join(tgt)} ({backend_used})"
         paths = write_reports(result, out, title, montage=not no_montage)

@@ -42,6 +42,8 @@ class EvalResult:
     model: dict = field(default_factory=dict)  # provenance of the weights scored (model_provenance)
     # case -> source -> the model's p(the source holds the contrast it is named as); models with a check only
     source_check: dict[str, dict[str, float]] = field(default_factory=dict)
+    # case -> sources left out by exclude_mislabelled (empty: none); only when it was asked
+    excluded: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def training_warning(self) -> str | None:
@@ -95,7 +97,13 @@ def model_provenance(source: dict) -> dict:
 
 
 def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str], targets: Sequence[str],
-             train_dir: str | Path | None = None, reference: str | None = None, examples: int = 3) -> EvalResult:
+             train_dir: str | Path | None = None, reference: str | None = None, examples: int = 3,
+             exclude_mislabelled: bool = False) -> EvalResult:
+    """Score `predictor` on every case of `dataset` that has the sources and targets.
+
+    `exclude_mislabelled` scores what `medk2n-run --exclude-mislabelled` writes: a source the model's check
+    doubts is left out of that case's synthesis (Synthesizer.infer_detailed); the copy references still
+    copy every source."""
     cases = [c for c in discover_dataset(Path(dataset)) if all(m in c.files for m in [*sources, *targets])]
     if not cases:
         raise DataError(f"{dataset}: no case has all of {', '.join([*sources, *targets])}")
@@ -108,10 +116,12 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         volumes = load_case(case, [*sources, *targets])
         request = predictor.request(sources, targets, case.name)
         prepared = predictor.prepare(volumes, request, reference, case.name)
-        images, scales, check = predictor.infer_detailed(prepared, request)
-        outputs = predictor.restore(images, scales, prepared, request)
-        if check is not None:
-            result.source_check[case.name] = check
+        found = predictor.infer_detailed(prepared, request, exclude_mislabelled=exclude_mislabelled)
+        outputs = predictor.restore(found.images, found.scale, prepared, found.request)
+        if found.source_check is not None:
+            result.source_check[case.name] = found.source_check
+        if found.excluded is not None:
+            result.excluded[case.name] = found.excluded
         mask = subject_mask(case, volumes[sources[0]])
         lesion = shipped_mask(case, "lesion", volumes[sources[0]][1])  # for the lesion-only metrics
         for target in targets:
@@ -119,7 +129,7 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
             physical = norms[target].kind == "range"
             pred, scale = outputs[target]
             scale = scale if predictor.bundle.has_scale else None
-            halfwidth = None if scale is None else predictor.halfwidth(target, scale, sources)
+            halfwidth = None if scale is None else predictor.halfwidth(target, scale, found.request.sources)
             row = score_volume(pred, truth, mask, physical, lesion)
             if scale is not None and mask.any():
                 error, spreads = interval_space(pred, truth, mask, [scale] if halfwidth is None else [scale, halfwidth],

@@ -51,6 +51,10 @@ def markdown(result: EvalResult, title: str) -> str:
             lines.append("| " + " | ".join([target, label, *cells]) + " |")
     if result.source_check:
         lines += ["", source_check_line(result.source_check)]
+    if result.excluded:
+        left_out = [f"{case} ({', '.join(names)})" for case, names in result.excluded.items() if names]
+        lines += ["", "With --exclude-mislabelled: sources left out of a subject's synthesis: "
+                  f"{', '.join(left_out) or 'none'}."]
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +73,8 @@ def write_reports(result: EvalResult, out: Path, title: str, montage: bool = Tru
     paths = {"json": out, "csv": out.with_suffix(".csv"), "md": out.with_suffix(".md")}
     doc = {"title": title, "sources": result.sources, "targets": result.targets, "model": result.model,
            "summary": result.summary(), "subjects": result.rows,
-           **({"source_check": result.source_check} if result.source_check else {})}
+           **({"source_check": result.source_check} if result.source_check else {}),
+           **({"excluded_sources": result.excluded} if result.excluded else {})}
     write_atomic(paths["json"], json.dumps(doc, indent=2, sort_keys=True, allow_nan=False, default=float).encode())
     write_atomic(paths["md"], markdown(result, title).encode())
     table = io.StringIO(newline="")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medk2n.benchmarks.quality import Task
-from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, KINDS, _corrupted_sources, corrupt, drops, markdown,
+from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, EXCLUDING, KINDS, _corrupted_sources, corrupt, drops, markdown,
                                           run_robustness, summarise, without_source)
 from medk2n.benchmarks.source_check import auc
 from medk2n.errors import ConfigError
@@ -134,7 +134,16 @@ def test_two_corrupted_sources_train_once_and_write_a_result_each(phantom, tmp_p
     assert set(check["flagged"]) == {"clean", *CORRUPTIONS}
     assert all(0.0 <= v <= 1.0 for part in ("p_named_right", "auc", "flagged") for v in check[part].values())
     assert check["slices"] > 0
+    assert set(check["per_subject"]["contrast"]) == set(flair["contrast"]["per_subject_drop"])
     assert "Source check" in (out / "robustness-t-flair.md").read_text()
+    # The checked model is scored a second time as `medk2n-run --exclude-mislabelled` runs it: a row of its
+    # own, compared paired with the plain one (its drops are from its own clean score, false alarms included).
+    excluding = every["flair"]["methods"]["B5" + EXCLUDING]
+    assert excluding["steps"] == 3
+    for kind in KINDS:
+        assert set(excluding[kind]["per_subject_drop"]) == set(flair[kind]["per_subject_drop"])
+    assert f"B5 vs B5{EXCLUDING} (contrast)" in every["flair"]["comparisons"]
+    assert f"B5{EXCLUDING}" in (out / "robustness-t-flair.md").read_text()
 
 
 def test_auc_counts_how_often_a_clean_slice_outscores_a_degraded_one():

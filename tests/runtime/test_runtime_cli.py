@@ -284,6 +284,51 @@ def test_a_source_failing_the_source_check_is_reported_and_still_synthesised(tmp
         "adc.nii.gz", "adc_uncertainty.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]
 
 
+def test_exclude_mislabelled_synthesises_from_the_sources_the_check_believes(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "checked", source_check=True)
+    case = write_case(tmp_path / "case001")
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = run(*synth_args(folder, case, out=out), "--json", report, "--exclude-mislabelled")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
+    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.20 "
+                        "< 0.5): left out (--exclude-mislabelled); synthesised from flair only"]
+    (case_report,) = json.loads(report.read_text())["cases"]
+    assert case_report["excluded_sources"] == ["t2"]
+    assert case_report["source_check"] == {"t2": 0.2, "flair": 0.9}  # what the check said of every source given
+    # The fake model's output is the weighted mean of the present sources: FLAIR alone now, and its
+    # scale (present slots / K) halves; both differ from the synthesis that trusted t2.
+    source = nib.load(case / "t2.nii.gz")
+    inner = interior(source.affine, SHAPE)
+    alone, both = (expected_outputs(fields(), names, ["dwi", "adc"]) for names in (["flair"], ["t2", "flair"]))
+    image = nib.load(out / "case001" / "adc.nii.gz").get_fdata()
+    np.testing.assert_allclose(image[inner], alone["adc"][0][inner], atol=20.0)
+    assert np.abs(image[inner] - both["adc"][0][inner]).max() > 100.0
+    halfwidth = nib.load(out / "case001" / "adc_uncertainty.nii.gz").get_fdata()
+    np.testing.assert_allclose(halfwidth[inner], QUANTILE_SLOPE * 0.9 * alone["adc"][1], rtol=1e-4)
+
+
+def test_exclude_mislabelled_keeps_a_source_when_the_check_doubts_every_one(tmp_path: Path) -> None:
+    folder = make_bundle(tmp_path / "checked", source_check=True)
+    case = write_case(tmp_path / "case001", modalities=("t2",))
+    report = tmp_path / "run.json"
+    result = run(*synth_args(folder, case, out=tmp_path / "out", sources="t2"), "--json", report,
+                 "--exclude-mislabelled")
+    assert result.exit_code == 0, result.output
+    assert "kept: the check doubts every source, so none was left out" in result.stderr
+    assert json.loads(report.read_text())["cases"][0]["excluded_sources"] == []
+
+
+def test_exclude_mislabelled_with_a_bundle_without_a_check_says_it_cannot_act(tmp_path: Path,
+                                                                              bundle_dir: Path) -> None:
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    result = run(*synth_args(bundle_dir, write_case(tmp_path / "case001"), out=out), "--json", report,
+                 "--exclude-mislabelled")
+    assert result.exit_code == 0, result.output
+    assert "note: this bundle's model has no source check: --exclude-mislabelled cannot act" in result.stderr
+    assert json.loads(report.read_text())["cases"][0]["excluded_sources"] is None
+
+
 def test_sources_passing_the_check_and_bundles_without_one_warn_nothing(tmp_path: Path, bundle_dir: Path) -> None:
     checked = make_bundle(tmp_path / "checked", source_check=True)
     case = write_case(tmp_path / "case001", modalities=("t1", "flair"))

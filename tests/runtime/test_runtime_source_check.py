@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medk2n.runtime.source_check import THRESHOLD, case_probabilities, mislabel_warnings
+from medk2n.runtime.source_check import THRESHOLD, case_probabilities, mislabel_warnings, sources_to_exclude
 
 
 def test_case_figure_is_the_median_over_inferred_slices_per_source_slot() -> None:
@@ -29,3 +29,17 @@ def test_warning_names_case_source_and_probability_only_below_threshold() -> Non
     assert lines[0].startswith("sub-01: source 'adc' does not look like ADC")
     assert "p = 0.12" in lines[0] and "\n" not in lines[0]
     assert mislabel_warnings("sub-01", None) == []
+
+
+def test_exclusion_leaves_out_doubted_sources_but_never_all_of_them() -> None:
+    assert sources_to_exclude({"flair": 0.1, "adc": 0.9, "t2": 0.3}) == ["flair", "t2"]
+    assert sources_to_exclude({"flair": 0.1, "adc": 0.2}) == []  # nothing would be left to synthesise from
+    assert sources_to_exclude({"flair": 0.9}) == []
+    assert sources_to_exclude(None) == []
+
+
+def test_warnings_say_what_exclusion_did() -> None:
+    (left_out,) = mislabel_warnings("sub-01", {"flair": 0.1, "adc": 0.9}, excluded=["flair"])
+    assert left_out.endswith("left out (--exclude-mislabelled); synthesised from adc only")
+    kept = mislabel_warnings("sub-01", {"flair": 0.1, "adc": 0.2}, excluded=[])
+    assert len(kept) == 2 and all("kept: the check doubts every source" in line for line in kept)

@@ -63,6 +63,33 @@ def test_fewer_sources_than_k_marks_slots_absent(synth: Synthesizer) -> None:
     check(out, volumes, ["t1"], ["dwi", "adc"], make_affine("aniso"))  # scale 1/2
 
 
+def test_exclude_mislabelled_runs_as_if_the_doubted_source_was_not_given(tmp_path: Path) -> None:
+    volumes, affine = fields(), make_affine("iso")
+    given = {"t2": volumes["t2"], "flair": volumes["flair"]}
+    with Synthesizer(make_bundle(tmp_path / "checked", source_check=True), backend="cpu", threads=1) as checked:
+        check(checked.run(given, ["t2", "flair"], ["dwi", "adc"], affine=affine, exclude_mislabelled=True),
+              volumes, ["flair"], ["dwi", "adc"], affine)  # the fake check doubts t2 only
+        check(checked.run(given, ["t2", "flair"], ["dwi", "adc"], affine=affine), volumes, ["t2", "flair"],
+              ["dwi", "adc"], affine)  # without the option the doubted source is used
+
+
+def test_eval_scores_what_exclusion_writes_and_records_it(tmp_path: Path) -> None:
+    from medk2n.eval.evaluate import MODEL, evaluate
+
+    data = tmp_path / "data"
+    for name in ("sub-1", "sub-2"):
+        write_case(data / name, modalities=("t2", "flair", "t1"))
+    with Synthesizer(make_bundle(tmp_path / "checked", source_check=True), backend="cpu", threads=1) as checked:
+        plain, excluding = (evaluate(checked, data, ["t2", "flair"], ["t1"], exclude_mislabelled=flag)
+                            for flag in (False, True))
+    assert plain.excluded == {} and excluding.excluded == {"sub-1": ["t2"], "sub-2": ["t2"]}
+    assert excluding.source_check == plain.source_check == {c: {"t2": 0.2, "flair": 0.9} for c in ("sub-1", "sub-2")}
+    scores = [[r["masked_mae"] for r in result.rows if r["method"] == MODEL] for result in (plain, excluding)]
+    assert scores[0] != scores[1]
+    copies = [[r["masked_mae"] for r in result.rows if r["method"] == "copy:t2"] for result in (plain, excluding)]
+    assert copies[0] == copies[1] and copies[0]  # the references still copy every source given
+
+
 def test_fixed_batch_bundle_gives_the_same_result(synth: Synthesizer, fixed_bundle_dir: Path) -> None:
     volumes = {m: v for m, v in fields().items() if m != "t1"}
     with Synthesizer(fixed_bundle_dir, backend="cpu") as fixed:
