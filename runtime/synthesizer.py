@@ -221,7 +221,9 @@ class Synthesizer:
         if not excluded:
             return first._replace(excluded=[])
         kept = self.request([m for m in request.sources if m not in excluded], request.targets)
-        return self._infer(prepared, kept, progress)._replace(source_check=first.source_check, excluded=excluded)
+        checked = first.source_check
+        del first  # its images and scales are not kept: peak memory stays one inference's
+        return self._infer(prepared, kept, progress)._replace(source_check=checked, excluded=excluded)
 
     def _infer(self, prepared: PreparedCase, request: Request,
                progress: Callable[[int], None] | None) -> Inference:
