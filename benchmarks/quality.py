@@ -291,15 +291,18 @@ def train_within_budget(cfg: ExperimentConfig, train_dir: Path, run_dir: Path, b
 
 
 def evaluate_checkpoint(checkpoint: Path, tasks: Sequence[Task], split: dict, device: str,
-                        references: bool, exclude_mislabelled: bool = False) -> tuple[list[dict], dict]:
+                        references: bool, exclude_mislabelled: bool = False,
+                        check_thresholds: dict[str, float] | None = None) -> tuple[list[dict], dict]:
     """Rows (method "model", plus copy/mean-train references when asked) and middle-slice examples per task;
-    `exclude_mislabelled` as `medk2n-run --exclude-mislabelled` (eval.evaluate)."""
+    `exclude_mislabelled` as `medk2n-run --exclude-mislabelled` (eval.evaluate) with the source check's
+    per-contrast `check_thresholds` (default: the network's p = 0.5)."""
     from medk2n.eval.evaluate import evaluate
     from medk2n.eval.predictor import checkpoint_synthesizer
 
     rows, examples = [], {}
     for task in tasks:
-        with checkpoint_synthesizer(checkpoint, len(task.sources), len(task.targets), device=device) as predictor:
+        with checkpoint_synthesizer(checkpoint, len(task.sources), len(task.targets), device=device,
+                                    check_thresholds=check_thresholds) as predictor:
             result = evaluate(predictor, split["test_dir"], task.sources, task.targets,
                               train_dir=split["train_dir"] if references else None, examples=1,
                               exclude_mislabelled=exclude_mislabelled)

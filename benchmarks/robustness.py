@@ -40,12 +40,11 @@ from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config,
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
-from medk2n.benchmarks.source_check import CLEAN, source_check_scores
-from medk2n.data.artifacts import motion_ghosts, rician_noise
+from medk2n.benchmarks.source_check import CLEAN, fitted_thresholds, source_check_scores
+from medk2n.data.artifacts import VOLUME_GHOST_EVERY, VOLUME_NOISE_FRACTION, degrade_volume
 from medk2n.data.cases import discover_dataset
-from medk2n.data.mask import brain_mask
 from medk2n.data.nifti import read_volume, write_volume
-from medk2n.errors import ConfigError, DataError
+from medk2n.errors import ConfigError
 from medk2n.fsutil import write_atomic
 
 CORRUPTIONS = ("noise", "ghosting", "contrast")
@@ -54,23 +53,9 @@ EXCLUDING = "+exclude"  # suffix of the row scoring a checked model as `medk2n-r
 KINDS = (*CORRUPTIONS, ABSENT)
 DEFAULT_METHODS = ("B0", "B5", "unet")
 DEFAULT_TASK = "flair,adc->dwi,t2,t1,pd"
-NOISE_FRACTION = 0.2
-GHOST_EVERY = 4
-
-
-def corrupt(volume: np.ndarray, kind: str, rng: np.random.Generator, other: np.ndarray | None = None) -> np.ndarray:
-    """One degraded copy of `volume` (3-D, scanner or physical units); `other` is the wrong contrast."""
-    volume = np.asarray(volume, dtype=np.float32)
-    if kind == "noise":
-        sigma = NOISE_FRACTION * float(np.percentile(volume[brain_mask(volume)], 99))
-        return rician_noise(volume, sigma, rng).astype(np.float32)
-    if kind == "ghosting":
-        return motion_ghosts(volume, 1, np.arange(0, volume.shape[1], GHOST_EVERY), rng).astype(np.float32)
-    if kind == "contrast":
-        if other is None or other.shape != volume.shape:
-            raise DataError("contrast corruption needs another modality's volume on the same grid")
-        return np.asarray(other, dtype=np.float32).copy()
-    raise ConfigError(f"corruption {kind!r}: choose one of {', '.join(CORRUPTIONS)}")
+NOISE_FRACTION = VOLUME_NOISE_FRACTION
+GHOST_EVERY = VOLUME_GHOST_EVERY
+corrupt = degrade_volume  # the test-time corruption, shared with the export's check calibration
 
 
 def corrupted_test_set(test_dir: Path, root: Path, task: Task, source: str, kind: str, seed: int) -> Path:
@@ -123,7 +108,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                      for name in sources for kind in CORRUPTIONS}
         rows: dict[str, dict[str, dict[str, list[dict]]]] = {name: {} for name in sources}
         checks: dict[str, dict[str, dict]] = {name: {} for name in sources}
-        runs = {}
+        runs, fits = {}, {}  # fits: method -> the check thresholds an export would fit (its validation subjects)
         for method in methods:
             cfg = method_config(preset, method, seed, overrides)
             runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * budget_minutes,
@@ -132,13 +117,18 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
             progress(f"{method}: {runs[method]['steps']} steps; evaluating clean, degraded and without "
                      + ", ".join(sources))
             clean, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device, references=False)
+            fitted = fitted_thresholds(runs[method]["checkpoint"], split["train_dir"], task.sources, task.targets,
+                                       device)
+            thresholds = fitted.get("thresholds")
             scores = source_check_scores(runs[method]["checkpoint"], split["test_dir"],
                                          {name: {k: test_sets[name, k] for k in CORRUPTIONS} for name in sources},
-                                         task.sources)
+                                         task.sources, thresholds)
             if scores is not None:
                 runs[method + EXCLUDING] = runs[method]
+                fits[method] = fitted
                 clean_excluding, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device,
-                                                         references=False, exclude_mislabelled=True)
+                                                         references=False, exclude_mislabelled=True,
+                                                         check_thresholds=thresholds)
             for name in sources:
                 rows[name][method] = {"clean": clean}  # one clean score serves every corrupted source
                 conditions = [*((kind, task, test_sets[name, kind]) for kind in CORRUPTIONS),
@@ -154,11 +144,12 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                 for kind in CORRUPTIONS:
                     excluding[kind], _ = evaluate_checkpoint(
                         runs[method]["checkpoint"], [task], {**split, "test_dir": test_sets[name, kind]}, device,
-                        references=False, exclude_mislabelled=True)
+                        references=False, exclude_mislabelled=True, check_thresholds=thresholds)
     every = {}
     for name in sources:
         results = summarise(rows[name], task, name, runs)
         results["source_check"] = checks[name]
+        results["check_thresholds"] = fits
         results.update(settings={"task": task.key, "corrupted_source": name, "methods": list(methods),
                                  "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
                                  "preset": preset, "seed": seed,
@@ -222,7 +213,8 @@ def markdown(results: dict) -> str:
              + (f" `absent`: the task without `{s['corrupted_source']}` (clean data), the drop of a method that "
                 "detected the degraded source and ignored it." if ABSENT in kinds else "")
              + (f" `<method>{EXCLUDING}`: the same model run as `medk2n-run --exclude-mislabelled` runs it (a source "
-                "its check doubts is left out), clean and degraded." if any(m.endswith(EXCLUDING)
+                "its check doubts is left out, by the thresholds in the check table where given), clean and "
+                "degraded." if any(m.endswith(EXCLUDING)
                                                                              for m in results["methods"]) else ""),
              "",
              "| method | steps | clean | drop: " + " | drop: ".join(kinds) + " |",
@@ -237,21 +229,28 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {test['wins_of_first']}/{test['subjects']} | "
                      f"{'–' if median is None else f'{median:+.2f}'} | {format_p(test)} |")
     checks = results.get("source_check") or {}
+    fitted = any("flagged_at_0.5" in c for c in checks.values())
     if checks:
         lines += ["", f"Source check (models with one): mean p(`{s['corrupted_source']}` holds the contrast it is "
                   "named as) over the test subjects' brain slices, the AUC of telling each corruption from "
                   "clean (0.5 chance, 1 perfect; the check is trained on wrong contrasts only), and the subjects "
-                  "`medk2n-run` would warn about (median p over their slices < 0.5):", "",
+                  "`medk2n-run` would warn about (median p over their slices < 0.5"
+                  + ("; or, where a threshold is given, below the one an export fits on the model's validation "
+                     "subjects, with the count at 0.5 in parentheses" if fitted else "") + "):", "",
                   "| method | slices | clean | " + " | ".join(CORRUPTIONS) + " | " +
-                  " | ".join(f"AUC {k}" for k in CORRUPTIONS) + " | flagged: clean | "
-                  + " | ".join(CORRUPTIONS) + " |", "|---|---|---|" + "---|" * (3 * len(CORRUPTIONS) + 1)]
+                  " | ".join(f"AUC {k}" for k in CORRUPTIONS) + (" | threshold" if fitted else "")
+                  + " | flagged: clean | " + " | ".join(CORRUPTIONS) + " |",
+                  "|---|---|---|" + "---|" * (3 * len(CORRUPTIONS) + 1 + bool(fitted))]
         for method, c in checks.items():
             p, flagged = c["p_named_right"], c.get("flagged")  # results before 2026-12-02 night have no flags
+            at_half = c.get("flagged_at_0.5")  # results before 2026-12-03 have no fitted threshold
             flags = [CLEAN, *CORRUPTIONS]
             lines.append(f"| {method} | {c['slices']} | {p[CLEAN]:.3f} | "
                          + " | ".join(f"{p[k]:.3f}" for k in CORRUPTIONS) + " | "
                          + " | ".join(f"{c['auc'][k]:.3f}" for k in CORRUPTIONS) + " | "
-                         + " | ".join(f"{flagged[k]:.0%}" if flagged else "–" for k in flags) + " |")
+                         + (f"{c['threshold']:.3f} | " if at_half else "– | " if fitted else "")
+                         + " | ".join((f"{flagged[k]:.0%}" + (f" ({at_half[k]:.0%})" if at_half else ""))
+                                      if flagged else "–" for k in flags) + " |")
     return "\n".join(lines) + "\n"
 
 

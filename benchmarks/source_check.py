@@ -10,8 +10,11 @@ to the quality gates. The slices are prepared by the runtime's own preprocessing
 (data.preprocess.prepare_case), so the check sees what it sees in deployment.
 
 `flagged` is what a user sees: the fraction of test subjects whose median probability over their
-slices is below runtime.source_check.THRESHOLD, i.e. the cases `medk2n-run` warns about (a false
-alarm on clean data, a detection under a wrong contrast).
+slices is below the source's threshold, i.e. the cases `medk2n-run` warns about (a false alarm on
+clean data, a detection under a wrong contrast). The threshold is the one an export fits on the
+model's held-out subjects (export.check_threshold; `fitted_thresholds` fits it the same way on the
+checkpoint's validation subjects), or the network's p = 0.5 when none is given; with a fitted one,
+`flagged_at_0.5` keeps the network boundary's count beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from medk2n.data.cases import discover_dataset
 from medk2n.data.nifti import read_volume
 from medk2n.data.preprocess import prepare_case
 from medk2n.models.medk2n import has_source_check
-from medk2n.runtime.source_check import THRESHOLD
+from medk2n.runtime.source_check import THRESHOLD, threshold_for
 from medk2n.train.checkpoint import load_checkpoint
 
 CLEAN = "clean"
@@ -61,8 +64,25 @@ def check_probabilities(model: torch.nn.Module, cfg, test_dir: Path, sources: Se
     return np.concatenate(values), np.stack([np.median(v, axis=0) for v in values]), [c.name for c in cases]
 
 
+def fitted_thresholds(checkpoint: Path, calib_dir: Path, sources: Sequence[str], targets: Sequence[str],
+                      device: str = "cpu") -> dict:
+    """The manifest block an export would write (export.check_threshold), fitted on the cases of `calib_dir`
+    the checkpoint did not train on (its validation subjects); {} without a check or such cases."""
+    from medk2n.eval.predictor import checkpoint_synthesizer
+    from medk2n.export.check_threshold import check_medians, fit
+    from medk2n.export.conformal import heldout_cases
+
+    with checkpoint_synthesizer(checkpoint, len(sources), 1, device=device) as synth:
+        if not synth.bundle.has_source_check:
+            return {}
+        cases, origin = heldout_cases(None, Path(calib_dir), synth.bundle.manifest.source.get("training", {}))
+        block = fit(check_medians(synth, cases, sources, targets)) if cases else {}
+    return {**block, "subjects": sorted(c.name for c in cases), "subjects_from": origin} if block else {}
+
+
 def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[str, Mapping[str, Path]],
-                        sources: Sequence[str]) -> dict[str, dict] | None:
+                        sources: Sequence[str], thresholds: Mapping[str, float] | None = None
+                        ) -> dict[str, dict] | None:
     """{source: {"p_named_right": {condition: mean}, "auc": {corruption: AUC vs clean}, "flagged": {condition:
     fraction of subjects}, "per_subject": {condition: {case: median p}}, "slices": n}} for each source of `corrupted` ({source: {corruption: test folder}});
     None for a model without a check.
@@ -81,7 +101,11 @@ def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[st
         scores[source] = {
             "p_named_right": {kind: float(p.mean()) for kind, p in probs.items()},
             "auc": {kind: auc(probs[CLEAN], p) for kind, p in probs.items() if kind != CLEAN},
-            "flagged": {kind: float(np.mean(cases[:, slot] < THRESHOLD)) for kind, (_, cases, _) in found.items()},
+            "flagged": {kind: float(np.mean(cases[:, slot] < threshold_for(source, thresholds)))
+                        for kind, (_, cases, _) in found.items()},
+            **({"threshold": threshold_for(source, thresholds),
+                "flagged_at_0.5": {kind: float(np.mean(cases[:, slot] < THRESHOLD))
+                                   for kind, (_, cases, _) in found.items()}} if thresholds else {}),
             "per_subject": {kind: {name: round(float(p), 4) for name, p in zip(names, cases[:, slot])}
                             for kind, (_, cases, names) in found.items()},
             "slices": int(len(probs[CLEAN])),

@@ -26,7 +26,7 @@ import torch
 
 import medk2n
 from medk2n.errors import ExportError, MedK2NError
-from medk2n.export import bundle, calibration, conformal, precision, quantize, tensorrt_build, verify
+from medk2n.export import bundle, calibration, check_threshold, conformal, precision, quantize, tensorrt_build, verify
 from medk2n.export.calibration import SampleSet
 from medk2n.export.onnx_export import check_onnx, export_onnx
 from medk2n.export.source import Source, load_source
@@ -75,6 +75,7 @@ class _Context:
     parity: dict = field(default_factory=dict)
     accuracy: dict = field(default_factory=dict)
     uncertainty: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)  # the source check's fitted thresholds (export.check_threshold)
     requests: list = field(default_factory=list)  # parsed --calib-task requests
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -217,6 +218,9 @@ def export_bundle(options: ExportOptions, progress: Callable[[str], None] = lamb
             ctx.models.insert(0, ModelFile(file=fmt.file, format="onnx", precision=name))
         with _step(ctx.timings, "conformal"):
             ctx.uncertainty = _calibrate_uncertainty(ctx, progress)
+        if spec.source_check:
+            with _step(ctx.timings, "check-threshold"):
+                ctx.check = _calibrate_check(ctx, progress)
         if trt is not None:
             progress("building TensorRT plan")
             with _step(ctx.timings, "trt-plan"):
@@ -269,6 +273,17 @@ def _calibrate_uncertainty(ctx: _Context, progress: Callable[[str], None]) -> di
                                progress)
 
 
+def _calibrate_check(ctx: _Context, progress: Callable[[str], None]) -> dict:
+    """Per-contrast source-check thresholds on the same held-out subjects (export.check_threshold)."""
+    options = ctx.options
+    cases, origin = conformal.heldout_cases(options.heldout, options.calib, ctx.source.record.get("training", {}))
+    if not cases:
+        progress(f"no held-out subjects ({origin}): the source check keeps the network's boundary, p = 0.5")
+        return {}
+    staged = Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization))
+    return check_threshold.calibrate_check(staged, cases, origin, training_roles(ctx.source.config.train), progress)
+
+
 def _build_trt(trt: ModuleType, ctx: _Context) -> ModelFile:
     target = tensorrt_build.build_target(trt)
     name = tensorrt_build.plan_filename(ctx.options.precision, target)
@@ -318,4 +333,5 @@ def _manifest(ctx: _Context) -> Manifest:
         source=ctx.source.record,
         roles=training_roles(ctx.source.config.train),
         uncertainty=ctx.uncertainty,
+        source_check=ctx.check,
     )

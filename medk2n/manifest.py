@@ -74,6 +74,9 @@ class Manifest:
     # needs to turn a scale into a half-width at a stated coverage. Empty: none (older bundles,
     # or exported without held-out subjects); the runtime then writes no uncertainty map.
     uncertainty: dict[str, Any] = field(default_factory=dict)
+    # The source check's decision line per source contrast, fitted on held-out subjects
+    # (export.check_threshold): {"thresholds": {modality: p}, ...}. Empty: the network's p = 0.5.
+    source_check: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -92,6 +92,12 @@ class Bundle:
         """Whether the graph reports, per source, whether it looks like the contrast it is named as."""
         return any(spec.name == SOURCE_CHECK for spec in self.manifest.outputs)
 
+    @property
+    def check_thresholds(self) -> dict[str, float]:
+        """{source contrast: the p below which the check doubts it}, fitted at export on held-out subjects;
+        empty for bundles without (runtime.source_check.THRESHOLD applies)."""
+        return {str(m): float(t) for m, t in (self.manifest.source_check or {}).get("thresholds", {}).items()}
+
 
 def load_bundle(path: str | Path) -> Bundle:
     """Read, hash-verify and contract-check a bundle folder."""

@@ -39,7 +39,7 @@ from medk2n.runtime.inferer import brain_slices
 from medk2n.runtime.outputs import (RUN_FAULT_ERRNOS, case_output, check_no_clobber, check_output_free,
                                     check_output_writable, remove_own_partials)
 from medk2n.runtime.png import labelled_grid, write_png
-from medk2n.runtime.source_check import THRESHOLD as CHECK_THRESHOLD, mislabel_warnings
+from medk2n.runtime.source_check import mislabel_warnings, threshold_for
 
 if TYPE_CHECKING:
     from medk2n.runtime.synthesizer import Request, Synthesizer
@@ -145,9 +145,11 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
                                          exclude_mislabelled=exclude_mislabelled)
     images, scale, report.source_check = inference.images, inference.scale, inference.source_check
     request, report.excluded_sources = inference.request, inference.excluded
-    report.warnings = mislabel_warnings(report.name, report.source_check, report.excluded_sources)
+    thresholds = synth.bundle.check_thresholds
+    report.warnings = mislabel_warnings(report.name, report.source_check, report.excluded_sources, thresholds)
     with report.stage("postprocess"):
-        montage = case_montage(prepared, request, images, scale, keep, report.source_check) if png else None
+        montage = (case_montage(prepared, request, images, scale, keep, report.source_check, thresholds)
+                   if png else None)
         head = synth.head_for(prepared, request)
     # One target at a time, restored, written and dropped: peak memory holds one target's image
     # and scale on the input grid, not N of each plus N uncertainty maps (issue 22).
@@ -175,7 +177,8 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
 
 
 def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray, scale: np.ndarray,
-                 keep: np.ndarray, source_check: dict[str, float] | None = None) -> np.ndarray:
+                 keep: np.ndarray, source_check: dict[str, float] | None = None,
+                 check_thresholds: dict[str, float] | None = None) -> np.ndarray:
     """Middle brain slice, labelled: sources / syntheses / predicted error rows, neurological view (anterior up).
 
     The error row is the Laplace scale, each tile stretched to its own maximum (bright = least trusted);
@@ -195,7 +198,7 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
         if not source_check or m not in source_check:
             return m
         p = source_check[m]
-        return f"{m} check {p:.2f}" + (" FAIL" if p < CHECK_THRESHOLD else "")
+        return f"{m} check {p:.2f}" + (" FAIL" if p < threshold_for(m, check_thresholds) else "")
 
     return labelled_grid(
         [("Sources", [(source_label(m), view(prepared.slices[m][mid])) for m in request.sources]),
@@ -205,7 +208,9 @@ def case_montage(prepared: PreparedCase, request: "Request", images: np.ndarray,
                "syntheses: grey 0-1 = the normalised intensity the model sees (per-volume percentile scaling; "
                "ADC a fixed physical range). Error row: 0 to each tile's own max, in the same normalised units.",
                *([f"Source check: the model's p that each source is the contrast it is named as (median over the "
-                  f"case's slices); FAIL below {CHECK_THRESHOLD}: check that series' label."] if source_check else [])],
+                  "case's slices); FAIL below the bundle's threshold for that contrast "
+                  f"({', '.join(f'{m} {threshold_for(m, check_thresholds):.3f}' for m in request.sources)}): "
+                  "check that series' label."] if source_check else [])],
     )
 
 

@@ -13,8 +13,19 @@ figure per source and a warning the user sees.
 
 A series is mislabelled as a whole, so the case's figure is the median over
 the slices the model ran (slices without brain are not run): one odd slice at
-the edge of the head does not flip it. The threshold is the check's own
-decision boundary, p = 0.5.
+the edge of the head does not flip it.
+
+Where to draw the line is fitted at export, per source contrast, when held-out
+subjects are given (export.check_threshold): the check's p on correctly named
+series is tight and high (0.95-0.99 on the phantom) and a wrong contrast often
+lands between that and 0.5, where the network's own boundary misses it (half
+the mislabelled FLAIRs of the 2026-12-03 benchmark). The fitted threshold is
+the lowest case median among the held-out subjects' correctly named series,
+clean, noisy and ghosted (a noisy FLAIR is still a FLAIR): a conformal
+outlier test, so a correctly named series exchangeable with those is doubted
+with probability at most 1/(n+1) for n calibration series. Bundles without a
+fitted threshold (exported before it, or without held-out subjects) use the
+network's boundary, p = 0.5.
 
 What it is not: a detector of noise or motion (a noisy FLAIR is still a
 FLAIR, and the fusion's quality gates weigh what is left in it), nor a
@@ -37,11 +48,26 @@ warnings say so.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-THRESHOLD = 0.5  # below it, the model does not believe the source is the contrast it is named as
+THRESHOLD = 0.5  # the network's own boundary: the threshold of a contrast the bundle fitted none for
+
+
+def threshold_for(name: str, thresholds: Mapping[str, float] | None = None) -> float:
+    """The line below which source `name` is doubted: the bundle's fitted one, else THRESHOLD."""
+    return float((thresholds or {}).get(name, THRESHOLD))
+
+
+def fit_threshold(correctly_named: Sequence[float]) -> float:
+    """The threshold for one contrast from the case medians of correctly named held-out series: the lowest
+    of them (conformal outlier test; see the module docstring). A value no correctly named series went
+    below; NaN-free input of at least one value."""
+    values = np.asarray(list(correctly_named), dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError("a check threshold needs at least one finite median of a correctly named series")
+    return float(values.min())
 
 
 def case_probabilities(per_slice: np.ndarray | None, sources: Sequence[str]) -> dict[str, float] | None:
@@ -55,26 +81,28 @@ def case_probabilities(per_slice: np.ndarray | None, sources: Sequence[str]) -> 
     return {name: round(float(np.median(per_slice[ran, slot])), 4) for slot, name in enumerate(sources)}
 
 
-def doubted(probabilities: dict[str, float] | None) -> list[str]:
-    """The sources whose case probability is below THRESHOLD, in slot order."""
-    return [name for name, p in (probabilities or {}).items() if p < THRESHOLD]
+def doubted(probabilities: dict[str, float] | None, thresholds: Mapping[str, float] | None = None) -> list[str]:
+    """The sources whose case probability is below their threshold (threshold_for), in slot order."""
+    return [name for name, p in (probabilities or {}).items() if p < threshold_for(name, thresholds)]
 
 
-def sources_to_exclude(probabilities: dict[str, float] | None) -> list[str]:
+def sources_to_exclude(probabilities: dict[str, float] | None,
+                       thresholds: Mapping[str, float] | None = None) -> list[str]:
     """What `exclude` leaves out: the doubted sources, or none when every source is doubted."""
-    names = doubted(probabilities)
+    names = doubted(probabilities, thresholds)
     return [] if len(names) == len(probabilities or {}) else names
 
 
 def mislabel_warnings(case: str, probabilities: dict[str, float] | None,
-                      excluded: Sequence[str] | None = None) -> list[str]:
+                      excluded: Sequence[str] | None = None,
+                      thresholds: Mapping[str, float] | None = None) -> list[str]:
     """One line per source the check doubts, naming the case, the source, the probability and what was
     done: warned only (`excluded` None), left out of the synthesis, or kept because every source was doubted
     (`excluded` empty)."""
     lines = []
-    for name in doubted(probabilities):
+    for name in doubted(probabilities, thresholds):
         head = (f"{case}: source {name!r} does not look like {name.upper()} to the model (source check "
-                f"p = {probabilities[name]:.2f} < {THRESHOLD}): ")
+                f"p = {probabilities[name]:.3f} < {threshold_for(name, thresholds):.3f}): ")
         if excluded is None:
             lines.append(head + "check that series' label; a synthesis from another contrast is wrong")
         elif name in excluded:

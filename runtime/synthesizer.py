@@ -217,7 +217,7 @@ class Synthesizer:
         first = self._infer(prepared, request, progress)
         if not exclude_mislabelled or first.source_check is None:
             return first
-        excluded = sources_to_exclude(first.source_check)
+        excluded = sources_to_exclude(first.source_check, self.bundle.check_thresholds)
         if not excluded:
             return first._replace(excluded=[])
         kept = self.request([m for m in request.sources if m not in excluded], request.targets)
@@ -225,12 +225,24 @@ class Synthesizer:
         del first  # its images and scales are not kept: peak memory stays one inference's
         return self._infer(prepared, kept, progress)._replace(source_check=checked, excluded=excluded)
 
+    def check_sources(self, prepared: PreparedCase, request: Request, stride: int = 1) -> dict[str, float] | None:
+        """The source check's case medians over every `stride`-th brain slice (None without a check): what
+        infer_detailed reports, thinned for callers that need only the check (export.check_threshold)."""
+        keep = brain_slices(prepared.brain)
+        thinned = np.zeros_like(keep)
+        thinned[np.flatnonzero(keep)[::max(1, int(stride))]] = True
+        return case_probabilities(self._run_slots(prepared, request, thinned, None)[2], request.sources)
+
+    def _run_slots(self, prepared: PreparedCase, request: Request, keep: np.ndarray,
+                   progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        sources = [prepared.slices[m] for m in request.sources]
+        slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
+        return self.inferer(slots, request.src, request.tgt, request.avail, keep=keep, progress=progress)
+
     def _infer(self, prepared: PreparedCase, request: Request,
                progress: Callable[[int], None] | None) -> Inference:
         sources = [prepared.slices[m] for m in request.sources]
-        slots = sources + [np.zeros_like(sources[0])] * (self.bundle.k - len(sources))
-        images, scale, check = self.inferer(slots, request.src, request.tgt, request.avail,
-                                            keep=brain_slices(prepared.brain), progress=progress)
+        images, scale, check = self._run_slots(prepared, request, brain_slices(prepared.brain), progress)
         n = len(request.targets)
         # FP16/INT8 rounding can step just outside [0, 1]; denormalisation must not amplify it.
         # Outside the head mask the model was never trained (the loss is masked to it), so what

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from medk2n.data.mask import brain_mask
+from medk2n.errors import ConfigError, DataError
+
 ARTIFACTS = ("noise", "ghosting", "contrast")
 NOISE_RANGE = (0.05, 0.30)  # sigma as a fraction of the slice's 99th percentile
 GHOST_EVERY = (2, 6)
@@ -60,3 +63,25 @@ def degrade(image: np.ndarray, kind: str, rng: np.random.Generator, other: np.nd
     else:
         raise ValueError(f"artefact {kind!r}: choose one of {', '.join(ARTIFACTS)}")
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# Test-time faults of a whole volume, at fixed settings (the robustness benchmark's and the export's
+# source-check calibration's): heavy noise, ghosts on every 4th phase-encode line, or another contrast.
+VOLUME_NOISE_FRACTION = 0.2  # Rician sigma as a fraction of the brain's 99th percentile
+VOLUME_GHOST_EVERY = 4
+
+
+def degrade_volume(volume: np.ndarray, kind: str, rng: np.random.Generator,
+                   other: np.ndarray | None = None) -> np.ndarray:
+    """One degraded copy of `volume` (3-D, scanner or physical units); `other` is the wrong contrast."""
+    volume = np.asarray(volume, dtype=np.float32)
+    if kind == "noise":
+        sigma = VOLUME_NOISE_FRACTION * float(np.percentile(volume[brain_mask(volume)], 99))
+        return rician_noise(volume, sigma, rng).astype(np.float32)
+    if kind == "ghosting":
+        return motion_ghosts(volume, 1, np.arange(0, volume.shape[1], VOLUME_GHOST_EVERY), rng).astype(np.float32)
+    if kind == "contrast":
+        if other is None or other.shape != volume.shape:
+            raise DataError("contrast corruption needs another modality's volume on the same grid")
+        return np.asarray(other, dtype=np.float32).copy()
+    raise ConfigError(f"corruption {kind!r}: choose one of {', '.join(ARTIFACTS)}")

@@ -42,6 +42,7 @@ class EvalResult:
     model: dict = field(default_factory=dict)  # provenance of the weights scored (model_provenance)
     # case -> source -> the model's p(the source holds the contrast it is named as); models with a check only
     source_check: dict[str, dict[str, float]] = field(default_factory=dict)
+    check_thresholds: dict[str, float] = field(default_factory=dict)  # the bundle's fitted lines; empty: p = 0.5
     # case -> sources left out by exclude_mislabelled (empty: none); only when it was asked
     excluded: dict[str, list[str]] = field(default_factory=dict)
 
@@ -109,7 +110,8 @@ def evaluate(predictor: Synthesizer, dataset: str | Path, sources: Sequence[str]
         raise DataError(f"{dataset}: no case has all of {', '.join([*sources, *targets])}")
     norms = predictor.bundle.norms
     templates = mean_templates(train_dir, targets, norms, predictor.bundle.image_size) if train_dir else {}
-    result = EvalResult(list(sources), list(targets), model=model_provenance(predictor.bundle.manifest.source))
+    result = EvalResult(list(sources), list(targets), model=model_provenance(predictor.bundle.manifest.source),
+                        check_thresholds=predictor.bundle.check_thresholds)
     if predictor.uncertainty_note is None:
         result.coverage = predictor.coverage
     for case in cases:

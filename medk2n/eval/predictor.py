@@ -26,7 +26,10 @@ def open_predictor(path: str | Path, k: int, n: int, backend: str = "auto", prec
 
 
 def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu",
-                           batch_size: int | None = None) -> Synthesizer:
+                           batch_size: int | None = None,
+                           check_thresholds: dict[str, float] | None = None) -> Synthesizer:
+    """The checkpoint behind the runtime's pipeline; `check_thresholds` stands in for the per-contrast source-check
+    lines an export would fit (export.check_threshold), without which the check's p = 0.5 applies."""
     from medk2n.models.medk2n import has_source_check
     from medk2n.models.runner import TorchRunner
     from medk2n.runtime.backends import BackendChoice
@@ -44,6 +47,7 @@ def checkpoint_synthesizer(path: str | Path, k: int, n: int, device: str = "cpu"
         batch={"min": 1, "opt": 8, "max": 1024},
         roles=training_roles(cfg.train),
         source={"weights_sha256": sha256_file(Path(path) / WEIGHTS), "training": meta},
+        source_check={"thresholds": dict(check_thresholds)} if check_thresholds else {},
     )
     bundle = Bundle(path=Path(path), manifest=manifest, norms=dict(mc.normalization))
     runner = TorchRunner(model, device=device)

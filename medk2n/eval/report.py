@@ -15,7 +15,7 @@ import numpy as np
 from medk2n.eval.evaluate import MODEL, EvalResult
 from medk2n.eval.protocol import percentile_scale, percentile_slope
 from medk2n.eval.uncertainty import ause, save_risk_coverage, sparsification
-from medk2n.runtime.source_check import THRESHOLD
+from medk2n.runtime.source_check import threshold_for
 from medk2n.fsutil import write_atomic
 
 COLUMNS = ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim", "lesion_mae", "lesion_bias",
@@ -50,7 +50,7 @@ def markdown(result: EvalResult, title: str) -> str:
             label = f"{method} (best copy)" if method.startswith("copy:") else method
             lines.append("| " + " | ".join([target, label, *cells]) + " |")
     if result.source_check:
-        lines += ["", source_check_line(result.source_check)]
+        lines += ["", source_check_line(result.source_check, result.check_thresholds)]
     if result.excluded:
         left_out = [f"{case} ({', '.join(names)})" for case, names in result.excluded.items() if names]
         lines += ["", "With --exclude-mislabelled: sources left out of a subject's synthesis: "
@@ -58,13 +58,16 @@ def markdown(result: EvalResult, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def source_check_line(checks: dict[str, dict[str, float]]) -> str:
-    """One sentence on the model's source check over the subjects: lowest p per source, and who failed it."""
+def source_check_line(checks: dict[str, dict[str, float]], thresholds: dict[str, float] | None = None) -> str:
+    """One sentence on the model's source check over the subjects: lowest p per source against its threshold,
+    and who failed it."""
     sources = list(dict.fromkeys(s for per_case in checks.values() for s in per_case))
-    lowest = ", ".join(f"{s} {min(c[s] for c in checks.values() if s in c):.2f}" for s in sources)
-    failed = [f"{case} ({s} {p:.2f})" for case, per_case in checks.items() for s, p in per_case.items() if p < THRESHOLD]
+    lowest = ", ".join(f"{s} {min(c[s] for c in checks.values() if s in c):.3f} "
+                       f"(threshold {threshold_for(s, thresholds):.3f})" for s in sources)
+    failed = [f"{case} ({s} {p:.3f})" for case, per_case in checks.items() for s, p in per_case.items()
+              if p < threshold_for(s, thresholds)]
     return (f"Source check (the model's p that each source holds the contrast it is named as; median over a "
-            f"subject's slices): lowest per source {lowest}; below {THRESHOLD}: {', '.join(failed) or 'none'}.")
+            f"subject's slices): lowest per source {lowest}; below threshold: {', '.join(failed) or 'none'}.")
 
 
 def write_reports(result: EvalResult, out: Path, title: str, montage: bool = True) -> dict[str, Path]:

@@ -121,7 +121,7 @@ def fake_model(k: int, n: int | str, size: int, batch: int | str, second: str = 
 
 def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dict | None = None,
                 plan: bool = False, legacy: bool = False, calibrated: bool = True, target_axis: bool = False,
-                source_check: bool = False) -> Path:
+                source_check: bool = False, check_thresholds: dict[str, float] | None = None) -> Path:
     """Write model.onnx (+ a dummy model.plan) and a manifest with real sha256 hashes.
 
     target_axis: the graph takes 1..n targets (a symbolic "targets" axis), as exports since
@@ -148,6 +148,7 @@ def make_bundle(folder: Path, k: int = 2, n: int = 2, size: int = 32, batch: dic
                  *([TensorSpec("source_check", "float32", [lead, k])] if source_check else [])],
         batch=dict(batch), files=hash_bundle_files(folder), created="test",
         uncertainty=calibration() if calibrated and not legacy else {},
+        source_check={"thresholds": dict(check_thresholds)} if check_thresholds else {},
     )
     (folder / "manifest.json").write_text(manifest.to_json())
     return folder

@@ -275,8 +275,8 @@ def test_a_source_failing_the_source_check_is_reported_and_still_synthesised(tmp
     result = run(*synth_args(folder, case, out=tmp_path / "out"), "--json", report)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
-    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.20 "
-                        "< 0.5): check that series' label; a synthesis from another contrast is wrong"]
+    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.200 "
+                        "< 0.500): check that series' label; a synthesis from another contrast is wrong"]
     (case_report,) = json.loads(report.read_text())["cases"]
     assert case_report["source_check"] == {"t2": 0.2, "flair": 0.9}
     assert case_report["warnings"] == [w.removeprefix("WARNING: ") for w in warnings]
@@ -291,8 +291,8 @@ def test_exclude_mislabelled_synthesises_from_the_sources_the_check_believes(tmp
     result = run(*synth_args(folder, case, out=out), "--json", report, "--exclude-mislabelled")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
-    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.20 "
-                        "< 0.5): left out (--exclude-mislabelled); synthesised from flair only"]
+    assert warnings == ["WARNING: case001: source 't2' does not look like T2 to the model (source check p = 0.200 "
+                        "< 0.500): left out (--exclude-mislabelled); synthesised from flair only"]
     (case_report,) = json.loads(report.read_text())["cases"]
     assert case_report["excluded_sources"] == ["t2"]
     assert case_report["source_check"] == {"t2": 0.2, "flair": 0.9}  # what the check said of every source given
@@ -306,6 +306,19 @@ def test_exclude_mislabelled_synthesises_from_the_sources_the_check_believes(tmp
     assert np.abs(image[inner] - both["adc"][0][inner]).max() > 100.0
     halfwidth = nib.load(out / "case001" / "adc_uncertainty.nii.gz").get_fdata()
     np.testing.assert_allclose(halfwidth[inner], QUANTILE_SLOPE * 0.9 * alone["adc"][1], rtol=1e-4)
+
+
+def test_the_bundles_fitted_check_thresholds_decide_which_source_is_doubted(tmp_path: Path) -> None:
+    # Fitted at export per contrast (export.check_threshold): T2's line below its p = 0.2, FLAIR's above 0.9.
+    folder = make_bundle(tmp_path / "checked", source_check=True, check_thresholds={"t2": 0.1, "flair": 0.95})
+    case = write_case(tmp_path / "case001")
+    report = tmp_path / "run.json"
+    result = run(*synth_args(folder, case, out=tmp_path / "out"), "--json", report, "--exclude-mislabelled")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
+    assert warnings == ["WARNING: case001: source 'flair' does not look like FLAIR to the model (source check "
+                        "p = 0.900 < 0.950): left out (--exclude-mislabelled); synthesised from t2 only"]
+    assert json.loads(report.read_text())["cases"][0]["excluded_sources"] == ["flair"]
 
 
 def test_exclude_mislabelled_keeps_a_source_when_the_check_doubts_every_one(tmp_path: Path) -> None:

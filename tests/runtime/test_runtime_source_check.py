@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from medk2n.runtime.source_check import THRESHOLD, case_probabilities, mislabel_warnings, sources_to_exclude
+import pytest
+
+from medk2n.runtime.source_check import (THRESHOLD, case_probabilities, doubted, fit_threshold, mislabel_warnings,
+                                         sources_to_exclude, threshold_for)
 
 
 def test_case_figure_is_the_median_over_inferred_slices_per_source_slot() -> None:
@@ -43,3 +46,22 @@ def test_warnings_say_what_exclusion_did() -> None:
     assert left_out.endswith("left out (--exclude-mislabelled); synthesised from adc only")
     kept = mislabel_warnings("sub-01", {"flair": 0.1, "adc": 0.2}, excluded=[])
     assert len(kept) == 2 and all("kept: the check doubts every source" in line for line in kept)
+
+
+def test_a_fitted_threshold_replaces_the_networks_boundary_for_its_contrast_only() -> None:
+    fitted = {"flair": 0.95, "adc": 0.3}
+    assert threshold_for("flair", fitted) == 0.95 and threshold_for("t2", fitted) == THRESHOLD
+    probabilities = {"flair": 0.9, "adc": 0.4, "t2": 0.45}
+    assert doubted(probabilities, fitted) == ["flair", "t2"]
+    assert doubted(probabilities) == ["adc", "t2"]
+    assert sources_to_exclude(probabilities, fitted) == ["flair", "t2"]
+    (line,) = mislabel_warnings("sub-01", {"flair": 0.9, "adc": 0.99}, thresholds=fitted)
+    assert "p = 0.900 < 0.950" in line
+
+
+def test_the_fitted_threshold_is_the_lowest_correctly_named_median() -> None:
+    assert fit_threshold([0.96, 0.93, 0.95]) == 0.93
+    with pytest.raises(ValueError):
+        fit_threshold([])
+    with pytest.raises(ValueError):
+        fit_threshold([0.9, float("nan")])

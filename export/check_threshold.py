@@ -1,0 +1,119 @@
+"""Fit the source check's decision line per source contrast on held-out subjects, at export.
+
+The network's own boundary (p = 0.5) misses half the mislabelled series on the
+phantom benchmark: a correctly named FLAIR scores 0.95-0.96 as a case median,
+a wrong contrast under its name 0.2-0.86 (docs/experiments.md, 2026-12-03).
+Where the line belongs depends on the model and the contrast, so it is
+measured, like the conformal intervals, on subjects the model never saw,
+through the staged bundle and the runtime's own pipeline (`Synthesizer`).
+
+For each held-out subject and each trained source contrast present, the
+contrast is put in slot 0 (with another present source in slot 1, as a
+clinical request has) and the case median of its check probability is taken
+as given, with heavy Rician noise, and with motion ghosts: a noisy FLAIR is
+still a FLAIR, and the check must not doubt it, since the fusion's quality
+gates already weigh what is left in it. Those are the correctly named series;
+the threshold is the lowest of them (runtime.source_check.fit_threshold).
+Once more with another contrast of the subject under the name, to report how
+many of those the fitted line would have caught (`held_out_recall`): a
+measurement for the manifest, not used to set the line.
+
+The medians are taken over every SLICE_STRIDE-th brain slice (the runtime takes
+all): the export runs four syntheses per subject and source contrast. One ONNX
+precision is enough: the check agrees across FP32/FP16/INT8 to
+0.004 (export.verify gates it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from medk2n.data.artifacts import degrade_volume
+from medk2n.data.cases import Case, load_case
+from medk2n.runtime.bundle import Bundle
+from medk2n.runtime.source_check import THRESHOLD, fit_threshold
+from medk2n.runtime.synthesizer import Synthesizer
+
+CORRECTLY_NAMED = ("clean", "noise", "ghosting")
+WRONG = "contrast"
+SEED = 0
+# Every 3rd brain slice: a mislabelled series is wrong in all of them, and the median of a third of a
+# case's slices differed from the whole case's by 0.001 on average, 0.017 at most (48 phantom medians),
+# at half the time or less.
+SLICE_STRIDE = 3
+RULE = ("lowest case median of the check over held-out series correctly named (clean, noisy, ghosted); "
+        "a correctly named series exchangeable with them is doubted with probability <= 1/(n+1)")
+
+
+def check_medians(synth: Synthesizer, cases: Sequence[Case], sources: Sequence[str], targets: Sequence[str],
+                  progress: Callable[[str], None] = lambda _: None,
+                  ) -> dict[str, dict[str, list[float]]]:
+    """{contrast: {condition: [case median of p, per subject]}} for each of `sources` a subject has."""
+    found: dict[str, dict[str, list[float]]] = {}
+    rng = np.random.default_rng(SEED)
+    for index, case in enumerate(cases):
+        present = [m for m in sources if m in case.files]
+        for place, slot0 in enumerate(present):
+            partners = [m for m in present if m != slot0][: synth.bundle.k - 1]
+            target = next((t for t in targets if t in case.files and t not in (slot0, *partners)), None)
+            others = [m for m in case.files if m not in (slot0, *partners)]
+            if target is None:
+                continue
+            volumes = load_case(case, list(dict.fromkeys([slot0, *partners, target, *others])))
+            for condition in (*CORRECTLY_NAMED, WRONG):
+                if condition == WRONG and not others:
+                    continue
+                image, info = volumes[slot0]
+                if condition == WRONG:
+                    image = volumes[str(rng.choice(others))][0]
+                elif condition != "clean":
+                    image = degrade_volume(image, condition, np.random.default_rng(
+                        [SEED, index, place, CORRECTLY_NAMED.index(condition)]))
+                given = {slot0: (image, info), **{m: volumes[m] for m in partners}}
+                request = synth.request([slot0, *partners], [target], case.name)
+                prepared = synth.prepare(given, request, None, case.name)
+                checked = synth.check_sources(prepared, request, SLICE_STRIDE)
+                if checked is not None:
+                    found.setdefault(slot0, {}).setdefault(condition, []).append(float(checked[slot0]))
+        progress(f"source check: {index + 1}/{len(cases)} held-out subjects")
+    return found
+
+
+def fit(medians: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """The manifest's `source_check` block from check_medians' output (empty when nothing was measured)."""
+    thresholds, series, recall = {}, {}, {}
+    for contrast, conditions in sorted(medians.items()):
+        named = [p for c in CORRECTLY_NAMED for p in conditions.get(c, [])]
+        if not named:
+            continue
+        thresholds[contrast] = round(fit_threshold(named), 4)
+        series[contrast] = len(named)
+        wrong = conditions.get(WRONG, [])
+        if wrong:
+            recall[contrast] = {"caught": int(sum(p < thresholds[contrast] for p in wrong)),
+                                "of": len(wrong),
+                                "caught_at_0.5": int(sum(p < THRESHOLD for p in wrong))}
+    if not thresholds:
+        return {}
+    return {"rule": RULE, "thresholds": thresholds, "series": series,
+            "false_alarm_bound": {m: round(1.0 / (n + 1), 4) for m, n in series.items()},
+            "held_out_recall": recall,
+            "medians": {m: {c: [round(p, 4) for p in v] for c, v in conditions.items()}
+                        for m, conditions in sorted(medians.items())}}
+
+
+def calibrate_check(bundle: Bundle, cases: Sequence[Case], origin: str, roles: dict[str, list[str]],
+                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Fit the bundle's per-contrast check thresholds on `cases` (empty without a check or cases)."""
+    if not bundle.has_source_check or not cases:
+        return {}
+    precisions = bundle.precisions("onnx")
+    precision = "fp32" if "fp32" in precisions else precisions[0]
+    sources = roles.get("sources") or bundle.modalities
+    targets = roles.get("targets") or bundle.modalities
+    progress(f"fitting the source check's thresholds ({precision}) on {len(cases)} held-out subject(s)")
+    with Synthesizer(bundle, backend="cpu", precision=precision) as synth:
+        block = fit(check_medians(synth, cases, sources, targets, progress))
+    return {**block, "subjects": sorted(c.name for c in cases), "subjects_from": origin} if block else {}
