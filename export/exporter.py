@@ -261,26 +261,34 @@ def _prepare_context(
     return ctx
 
 
-def _calibrate_uncertainty(ctx: _Context, progress: Callable[[str], None]) -> dict:
-    """Conformal calibration on held-out subjects through the staged ONNX models (export.conformal)."""
+def _held_out(ctx: _Context, without: str, progress: Callable[[str], None]) -> tuple[Bundle, list, str] | None:
+    """(the staged bundle, the held-out cases, where they came from) for the steps fitted on subjects the model
+    never saw; None, after saying what the bundle goes `without`, when there are none."""
     options = ctx.options
     cases, origin = conformal.heldout_cases(options.heldout, options.calib, ctx.source.record.get("training", {}))
     if not cases:
-        progress(f"no held-out subjects ({origin}): the bundle will write no uncertainty maps")
+        progress(f"no held-out subjects ({origin}): {without}")
+        return None
+    return Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization)), \
+        cases, origin
+
+
+def _calibrate_uncertainty(ctx: _Context, progress: Callable[[str], None]) -> dict:
+    """Conformal calibration on held-out subjects through the staged ONNX models (export.conformal)."""
+    found = _held_out(ctx, "the bundle will write no uncertainty maps", progress)
+    if found is None:
         return {}
-    staged = Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization))
+    staged, cases, origin = found
     return conformal.calibrate(staged, cases, origin, training_roles(ctx.source.config.train), ctx.requests,
                                progress)
 
 
 def _calibrate_check(ctx: _Context, progress: Callable[[str], None]) -> dict:
     """Per-contrast source-check thresholds on the same held-out subjects (export.check_threshold)."""
-    options = ctx.options
-    cases, origin = conformal.heldout_cases(options.heldout, options.calib, ctx.source.record.get("training", {}))
-    if not cases:
-        progress(f"no held-out subjects ({origin}): the source check keeps the network's boundary, p = 0.5")
+    found = _held_out(ctx, "the source check keeps the network's boundary, p = 0.5", progress)
+    if found is None:
         return {}
-    staged = Bundle(path=ctx.stage, manifest=_manifest(ctx), norms=dict(ctx.source.config.model.normalization))
+    staged, cases, origin = found
     return check_threshold.calibrate_check(staged, cases, origin, training_roles(ctx.source.config.train), progress)
 
 
