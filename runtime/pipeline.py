@@ -59,6 +59,8 @@ class CaseReport:
     outputs: list[str] = field(default_factory=list)
     # source -> the model's p(it holds the contrast it is named as); None when the bundle has no check
     source_check: dict[str, float] | None = None
+    # source -> the p below which it is doubted (the bundle's fitted line, else 0.5); with source_check only
+    source_check_thresholds: dict[str, float] | None = None
     # sources left out by --exclude-mislabelled (the synthesis used the others); None when not asked
     excluded_sources: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
@@ -146,6 +148,8 @@ def finish_stage(synth: "Synthesizer", loaded: LoadedCase, out_dir: Path, overwr
     images, scale, report.source_check = inference.images, inference.scale, inference.source_check
     request, report.excluded_sources = inference.request, inference.excluded
     thresholds = synth.bundle.check_thresholds
+    if report.source_check is not None:
+        report.source_check_thresholds = {m: threshold_for(m, thresholds) for m in report.source_check}
     report.warnings = mislabel_warnings(report.name, report.source_check, report.excluded_sources, thresholds)
     with report.stage("postprocess"):
         montage = (case_montage(prepared, request, images, scale, keep, report.source_check, thresholds)

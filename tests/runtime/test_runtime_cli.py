@@ -279,6 +279,7 @@ def test_a_source_failing_the_source_check_is_reported_and_still_synthesised(tmp
                         "< 0.500): check that series' label; a synthesis from another contrast is wrong"]
     (case_report,) = json.loads(report.read_text())["cases"]
     assert case_report["source_check"] == {"t2": 0.2, "flair": 0.9}
+    assert case_report["source_check_thresholds"] == {"t2": 0.5, "flair": 0.5}  # no fitted lines: the network's
     assert case_report["warnings"] == [w.removeprefix("WARNING: ") for w in warnings]
     assert sorted(p.name for p in (tmp_path / "out" / "case001").iterdir()) == [
         "adc.nii.gz", "adc_uncertainty.nii.gz", "dwi.nii.gz", "dwi_uncertainty.nii.gz"]
@@ -318,7 +319,9 @@ def test_the_bundles_fitted_check_thresholds_decide_which_source_is_doubted(tmp_
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING:")]
     assert warnings == ["WARNING: case001: source 'flair' does not look like FLAIR to the model (source check "
                         "p = 0.900 < 0.950): left out (--exclude-mislabelled); synthesised from t2 only"]
-    assert json.loads(report.read_text())["cases"][0]["excluded_sources"] == ["flair"]
+    (case_report,) = json.loads(report.read_text())["cases"]
+    assert case_report["excluded_sources"] == ["flair"]
+    assert case_report["source_check_thresholds"] == {"t2": 0.1, "flair": 0.95}
 
 
 def test_exclude_mislabelled_keeps_a_source_when_the_check_doubts_every_one(tmp_path: Path) -> None:
