@@ -66,8 +66,8 @@ def check_medians(synth: Synthesizer, cases: Sequence[Case], sources: Sequence[s
                 if condition == WRONG and not others:
                     continue
                 image, info = volumes[slot0]
-                if condition == WRONG:
-                    image = volumes[str(rng.choice(others))][0]
+                if condition == WRONG:  # the other series as filed, on its own grid, under slot0's name
+                    image, info = volumes[str(rng.choice(others))]
                 elif condition != "clean":
                     image = degrade_volume(image, condition, np.random.default_rng(
                         [SEED, index, place, CORRECTLY_NAMED.index(condition)]))
