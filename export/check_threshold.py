@@ -13,7 +13,8 @@ clinical request has) and the case median of its check probability is taken
 as given, with heavy Rician noise, and with motion ghosts: a noisy FLAIR is
 still a FLAIR, and the check must not doubt it, since the fusion's quality
 gates already weigh what is left in it. Those are the correctly named series;
-the threshold is the lowest of them (runtime.source_check.fit_threshold).
+the threshold is the lowest of them (runtime.source_check.fit_threshold), fitted
+only from MIN_SERIES of them or more.
 Once more with another contrast of the subject under the name, to report how
 many of those the fitted line would have caught (`held_out_recall`): a
 measurement for the manifest, not used to set the line.
@@ -43,6 +44,9 @@ SEED = 0
 # case's slices differed from the whole case's by 0.001 on average, 0.017 at most (48 phantom medians),
 # at half the time or less.
 SLICE_STRIDE = 3
+# A line is fitted only from at least this many correctly named series (three held-out subjects): the
+# false-alarm bound 1/(n+1) is then 10 % at most. With fewer, the contrast keeps the network's 0.5.
+MIN_SERIES = 9
 RULE = ("lowest case median of the check over held-out series correctly named (clean, noisy, ghosted); "
         "a correctly named series exchangeable with them is doubted with probability <= 1/(n+1)")
 
@@ -83,10 +87,12 @@ def check_medians(synth: Synthesizer, cases: Sequence[Case], sources: Sequence[s
 
 def fit(medians: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     """The manifest's `source_check` block from check_medians' output (empty when nothing was measured)."""
-    thresholds, series, recall = {}, {}, {}
+    thresholds, series, recall, too_few = {}, {}, {}, {}
     for contrast, conditions in sorted(medians.items()):
         named = [p for c in CORRECTLY_NAMED for p in conditions.get(c, [])]
-        if not named:
+        if len(named) < MIN_SERIES:
+            if named:
+                too_few[contrast] = len(named)
             continue
         thresholds[contrast] = round(fit_threshold(named), 4)
         series[contrast] = len(named)
@@ -95,9 +101,10 @@ def fit(medians: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             recall[contrast] = {"caught": int(sum(p < thresholds[contrast] for p in wrong)),
                                 "of": len(wrong),
                                 "caught_at_0.5": int(sum(p < THRESHOLD for p in wrong))}
-    if not thresholds:
+    if not thresholds and not too_few:
         return {}
     return {"rule": RULE, "thresholds": thresholds, "series": series,
+            **({"too_few_series": {"min": MIN_SERIES, **too_few}} if too_few else {}),
             "false_alarm_bound": {m: round(1.0 / (n + 1), 4) for m, n in series.items()},
             "held_out_recall": recall,
             "medians": {m: {c: [round(p, 4) for p in v] for c, v in conditions.items()}
