@@ -26,13 +26,14 @@ def test_too_few_held_out_series_keep_the_networks_boundary() -> None:
 
 
 def test_fitted_on_held_out_subjects_through_the_bundle(fp32_bundle, phantom_data) -> None:
-    cases = discover_dataset(phantom_data)[:3]  # 3 subjects x clean/noise/ghosting = MIN_SERIES
+    cases = discover_dataset(phantom_data)[:3]  # 3 subjects x 5 correctly named conditions
     block = calibrate_check(load_bundle(fp32_bundle.path), cases, "test subjects",
                             {"sources": ["flair", "adc"], "targets": ["t2", "dwi"]})
     assert set(block["thresholds"]) == {"flair", "adc"} and block["subjects"] == [c.name for c in cases]
     for contrast, conditions in block["medians"].items():
         named = [p for c in CORRECTLY_NAMED for p in conditions[c]]
-        assert len(named) == 3 * len(cases) and all(0.0 <= p <= 1.0 for p in named)
+        assert len(named) == len(CORRECTLY_NAMED) * len(cases) and all(0.0 <= p <= 1.0 for p in named)
+        assert set(conditions) == {*CORRECTLY_NAMED, WRONG}
         assert block["thresholds"][contrast] == round(min(named), 4)
         assert len(conditions[WRONG]) == len(cases)
 
