@@ -21,9 +21,10 @@ series is tight and high (0.95-0.99 on the phantom) and a wrong contrast often
 lands between that and 0.5, where the network's own boundary misses it (half
 the mislabelled FLAIRs of the 2026-12-03 benchmark). The fitted threshold is
 the lowest case median among the held-out subjects' correctly named series,
-clean, noisy and ghosted (a noisy FLAIR is still a FLAIR): a conformal
+clean, noisy, ghosted, or beside a noisy or ghosted series (a noisy FLAIR is
+still a FLAIR; a degraded neighbour shifts the slices a median runs over): a conformal
 outlier test, so a correctly named series exchangeable with those is doubted
-with probability at most 1/(n+1) for n calibration series. Bundles without a
+with probability at most 1/(n+1) for n calibration series (fitted from n >= 9). Bundles without a
 fitted threshold (exported before it, or without held-out subjects) use the
 network's boundary, p = 0.5.
 
