@@ -53,9 +53,6 @@ EXCLUDING = "+exclude"  # suffix of the row scoring a checked model as `medk2n-r
 KINDS = (*CORRUPTIONS, ABSENT)
 DEFAULT_METHODS = ("B0", "B5", "unet")
 DEFAULT_TASK = "flair,adc->dwi,t2,t1,pd"
-NOISE_FRACTION = VOLUME_NOISE_FRACTION
-GHOST_EVERY = VOLUME_GHOST_EVERY
-corrupt = degrade_volume  # the test-time corruption, shared with the export's check calibration
 
 
 def corrupted_test_set(test_dir: Path, root: Path, task: Task, source: str, kind: str, seed: int) -> Path:
@@ -71,7 +68,7 @@ def corrupted_test_set(test_dir: Path, root: Path, task: Task, source: str, kind
                 os.symlink(Path(path).resolve(), folder / f"{name}{suffix}")
         volume, info = read_volume(case.files[source])
         other = read_volume(case.files[others[0]])[0] if kind == "contrast" and others else None
-        degraded = corrupt(volume, kind, np.random.default_rng([seed, i]), other)
+        degraded = degrade_volume(volume, kind, np.random.default_rng([seed, i]), other)
         write_volume(degraded, folder / f"{source}.nii.gz", info)
     return out
 
@@ -153,7 +150,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
         results.update(settings={"task": task.key, "corrupted_source": name, "methods": list(methods),
                                  "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
                                  "preset": preset, "seed": seed,
-                                 "noise_fraction": NOISE_FRACTION, "ghost_every": GHOST_EVERY},
+                                 "noise_fraction": VOLUME_NOISE_FRACTION, "ghost_every": VOLUME_GHOST_EVERY},
                        split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
         write_outputs(results, Path(out), stem if len(sources) == 1 else f"{stem}-{name}")
         every[name] = results

@@ -69,15 +69,14 @@ def fitted_thresholds(checkpoint: Path, calib_dir: Path, sources: Sequence[str],
     """The manifest block an export would write (export.check_threshold), fitted on the cases of `calib_dir`
     the checkpoint did not train on (its validation subjects); {} without a check or such cases."""
     from medk2n.eval.predictor import checkpoint_synthesizer
-    from medk2n.export.check_threshold import check_medians, fit
+    from medk2n.export.check_threshold import fit_on
     from medk2n.export.conformal import heldout_cases
 
     with checkpoint_synthesizer(checkpoint, len(sources), 1, device=device) as synth:
         if not synth.bundle.has_source_check:
             return {}
         cases, origin = heldout_cases(None, Path(calib_dir), synth.bundle.manifest.source.get("training", {}))
-        block = fit(check_medians(synth, cases, sources, targets)) if cases else {}
-    return {**block, "subjects": sorted(c.name for c in cases), "subjects_from": origin} if block else {}
+        return fit_on(synth, cases, origin, sources, targets)
 
 
 def source_check_scores(checkpoint: Path, clean_dir: Path, corrupted: Mapping[str, Mapping[str, Path]],

@@ -66,13 +66,13 @@ def check_medians(synth: Synthesizer, cases: Sequence[Case], sources: Sequence[s
     rng = np.random.default_rng(SEED)
     for index, case in enumerate(cases):
         present = [m for m in sources if m in case.files]
+        volumes = load_case(case, list(case.files)) if present else {}  # every series: any may be the wrong one
         for place, slot0 in enumerate(present):
             partners = [m for m in present if m != slot0][: synth.bundle.k - 1]
             target = next((t for t in targets if t in case.files and t not in (slot0, *partners)), None)
             others = [m for m in case.files if m not in (slot0, *partners)]
             if target is None:
                 continue
-            volumes = load_case(case, list(dict.fromkeys([slot0, *partners, target, *others])))
             for condition in (*CORRECTLY_NAMED, WRONG):
                 if (condition == WRONG and not others) or (condition.startswith(BESIDE) and not partners):
                     continue
@@ -119,6 +119,14 @@ def fit(medians: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
                         for m, conditions in sorted(medians.items())}}
 
 
+def fit_on(synth: Synthesizer, cases: Sequence[Case], origin: str, sources: Sequence[str], targets: Sequence[str],
+           progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """The manifest's `source_check` block fitted through `synth` on `cases` (`origin`: where they came from);
+    empty when nothing could be measured."""
+    block = fit(check_medians(synth, cases, sources, targets, progress)) if cases else {}
+    return {**block, "subjects": sorted(c.name for c in cases), "subjects_from": origin} if block else {}
+
+
 def calibrate_check(bundle: Bundle, cases: Sequence[Case], origin: str, roles: dict[str, list[str]],
                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Fit the bundle's per-contrast check thresholds on `cases` (empty without a check or cases)."""
@@ -126,9 +134,7 @@ def calibrate_check(bundle: Bundle, cases: Sequence[Case], origin: str, roles: d
         return {}
     precisions = bundle.precisions("onnx")
     precision = "fp32" if "fp32" in precisions else precisions[0]
-    sources = roles.get("sources") or bundle.modalities
-    targets = roles.get("targets") or bundle.modalities
     progress(f"fitting the source check's thresholds ({precision}) on {len(cases)} held-out subject(s)")
     with Synthesizer(bundle, backend="cpu", precision=precision) as synth:
-        block = fit(check_medians(synth, cases, sources, targets, progress))
-    return {**block, "subjects": sorted(c.name for c in cases), "subjects_from": origin} if block else {}
+        return fit_on(synth, cases, origin, roles.get("sources") or bundle.modalities,
+                      roles.get("targets") or bundle.modalities, progress)

@@ -1,4 +1,4 @@
-"""Test-time source degradations and the paired drop summary of `medk2n-bench robustness`."""
+"""The paired drop summary of `medk2n-bench robustness` (its test-time degradations: tests/data/test_data_artifacts.py)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,10 @@ import numpy as np
 import pytest
 
 from medk2n.benchmarks.quality import Task
-from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, EXCLUDING, KINDS, _corrupted_sources, corrupt, drops, markdown,
+from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, EXCLUDING, KINDS, _corrupted_sources, drops, markdown,
                                           run_robustness, summarise, without_source)
 from medk2n.benchmarks.source_check import auc
 from medk2n.errors import ConfigError
-
-
-def _head(shape=(24, 24, 8)) -> np.ndarray:
-    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
-    disc = (x**2 + y**2 < 0.6).astype(np.float32)
-    return np.repeat((disc * (300 + 200 * x))[..., None], shape[2], axis=2).astype(np.float32)
-
-
-def test_noise_and_ghosting_degrade_without_changing_the_grid():
-    head = _head()
-    noisy = corrupt(head, "noise", np.random.default_rng(0))
-    ghosted = corrupt(head, "ghosting", np.random.default_rng(0))
-    for degraded in (noisy, ghosted):
-        assert degraded.shape == head.shape and degraded.dtype == np.float32 and np.isfinite(degraded).all()
-    inside = head > 0
-    assert np.std(noisy[inside] - head[inside]) > 0.1 * np.percentile(head[inside], 99)
-    outside = ~inside
-    assert ghosted[outside].mean() > 5 * max(head[outside].mean(), 1e-3)  # ghosts spill into the air
-    assert abs(ghosted.sum() - head.sum()) < 0.5 * head.sum()  # the same object, displaced copies
-
-
-def test_wrong_contrast_is_the_other_volume_and_needs_one():
-    head, other = _head(), _head()[::-1].copy()
-    np.testing.assert_array_equal(corrupt(head, "contrast", np.random.default_rng(0), other), other)
-    with pytest.raises(Exception, match="another modality"):
-        corrupt(head, "contrast", np.random.default_rng(0))
-    with pytest.raises(ConfigError, match="choose one of"):
-        corrupt(head, "blur", np.random.default_rng(0))
 
 
 def _rows(scores: dict[str, float], targets=("dwi", "t2")) -> list[dict]:
