@@ -110,7 +110,7 @@ class ModelConfig:
     num_candidate_heads: int = 3  # K_head in TaskHeadNet
     text_dim: int = 384  # all-MiniLM-L6-v2 sentence embedding width
     ablation: str = "B5"
-    eps: float = 1e-3  # EffiWeightNet clamp
+    eps: float = 1e-3  # EffiWeightNet range [eps, 1 - eps]
     unet_width: int = 32  # baseline U-Net base channels
     # Fuse the sources best-predicted-quality first (models/fusion.py) instead of in the order the
     # request names them: a degraded first source no longer becomes the ungated base frame.

@@ -13,8 +13,13 @@ the synthesis without steering it:
   synthesis is blanked, and fitting the untrained haze there is what left the
   old error regression with no capacity for the brain.
 - the fusion's quality estimate Q: the final synthesis' error pooled to the
-  stride-8 fusion grid, regressed directly (Q drives the accept/reject of
-  auxiliary frames; it is an internal gate, not an output).
+  stride-8 fusion grid, regressed in log space, |log Q - log(e + floor)| with
+  log Q taken from Q's logits (Q drives the accept/reject of auxiliary frames; it
+  is an internal gate, not an output). Regressed in linear space, Q (a sigmoid)
+  could be pushed by the image loss, through the accept gate, into saturation
+  near 0, where neither loss moves it again: on the blob test of
+  tests/models/test_models_gate_training.py that left accept at 0.5 for every
+  frame in 2 of 4 seeds. In log space its gradient does not vanish there.
 
 The source check (models.gates.SourceCheckNet) is the one predictor trained
 on a label rather than an error: which source the dataset replaced by another
@@ -30,6 +35,9 @@ from medk2n.losses.image import weighted_mean
 from medk2n.models.output import K2NOutput
 
 
+STATE_ERROR_FLOOR = 1e-3  # errors below this (air, where the synthesis is blanked) count as this
+
+
 def laplace_nll(scale: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Weighted mean of |r|/b + log b (the Laplace NLL up to log 2); r is used as given (detach it first)."""
     return weighted_mean(residual.abs() / scale + torch.log(scale), weight)
@@ -41,10 +49,11 @@ def quality_loss(out: K2NOutput, target: torch.Tensor, valid: torch.Tensor,
     residual = (out.candidates - target.unsqueeze(2)).detach()
     weight = valid[:, :, None, None] if mask is None else valid[:, :, None, None] * mask.to(target.dtype)
     loss = laplace_nll(out.quality, residual, weight.unsqueeze(2).expand_as(residual))
-    if out.state_error is not None:
-        factor = target.shape[-1] // out.state_error.shape[-1]
+    if out.state_log_error is not None:
+        factor = target.shape[-1] // out.state_log_error.shape[-1]
         pooled = F.avg_pool2d((out.images - target).abs().detach(), factor)
-        loss = loss + weighted_mean((out.state_error - pooled).abs(), valid[:, :, None, None].expand_as(pooled))
+        misfit = (out.state_log_error - torch.log(pooled + STATE_ERROR_FLOOR)).abs()
+        loss = loss + weighted_mean(misfit, valid[:, :, None, None].expand_as(pooled))
     return loss
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medk2n.models.blocks import FiLM
@@ -100,15 +101,18 @@ class QualityEstimator(nn.Module):
         self.out = nn.Conv2d(dim, 1, kernel_size=1)
 
     def forward(self, state: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
-        """[M,D,h,w], [M,D] -> [M,1,h,w]."""
+        """[M,D,h,w], [M,D] -> Q [M,1,h,w]."""
+        return torch.sigmoid(self.logits(state, c_task))
+
+    def logits(self, state: torch.Tensor, c_task: torch.Tensor) -> torch.Tensor:
         h = self.act(self.hidden(state) + self.task(c_task).unsqueeze(-1).unsqueeze(-1))
-        return torch.sigmoid(self.out(h))
+        return self.out(h)
 
 
 @dataclass
 class FusionResult:
     features: torch.Tensor  # [M,D,h,w] task-aware fused state (eq. 3 applied to the final state)
-    error_map: torch.Tensor  # [M,1,h,w] Q of the final state
+    log_error_map: torch.Tensor  # [M,1,h,w] log Q of the final state (the loss fits Q in log space)
     gates: dict[str, torch.Tensor]  # each [M,K-1] (w_eff: [M,K-1,h,w]), frames in fusion order
     order: torch.Tensor | None = None  # [M,K,K] one-hot: order[m, i, k] = 1 if slot k is the i-th frame fused
 
@@ -169,7 +173,7 @@ class SequentialFusion(nn.Module):
                 trace.setdefault(name, []).append(value)
         return FusionResult(
             features=self.prototypes(state, tgt),
-            error_map=self.quality(state, c_task),
+            log_error_map=F.logsigmoid(self.quality.logits(state, c_task)),
             gates={name: torch.stack(values, dim=1) for name, values in trace.items()},
             order=order,
         )

@@ -4,7 +4,7 @@ For auxiliary frame i and target task j (the paper's dynamic weighting, the
 equations between the task memory, eq. 2-3, and CMIM, eq. 12-13):
   PreWeightNet   w_ij  = sigmoid(MLP[x_task-aware, m_j])                 global weight
   ThresholdNet   tau_ij = 0.05 + 0.85 sigmoid(MLP(GateController[w, m, C_ij, p_ij]))
-  EffiWeightNet  w_eff = clamp(sigmoid(MLP(Proj[w, tau, m, x_gate, c_task, c_modal])), eps, 1-eps)
+  EffiWeightNet  w_eff = eps + (1 - 2 eps) sigmoid(MLP(Proj[w, tau, m, x_gate, c_task, c_modal]))
                  (B4/B5 then multiply it by the threshold step sigmoid((w - tau) / 0.05), as B3 applies it)
 x_task-aware is the auxiliary feature after the task-memory read (eq. 3),
 m_j the memory readout of the current fused state, C_ij the agreement between
@@ -108,7 +108,10 @@ class EffiWeightNet(nn.Module):
         pixel = self.pixel_proj(torch.cat([memory_read, x_gate], dim=1))
         vector = self.vector_proj(torch.cat([w, tau, c_task, c_modal], dim=1))
         logits = self.mlp(pixel + vector.unsqueeze(-1).unsqueeze(-1))
-        return torch.clamp(torch.sigmoid(logits), self.eps, 1.0 - self.eps)
+        # Squashed into [eps, 1-eps] rather than clamped: a clamp passes no gradient once the sigmoid
+        # crosses 1-eps, and on the blob test (tests/models/test_models_gate_training.py) w_eff then sat
+        # at 0.999 for a noise frame for good in 2 of 4 seeds.
+        return self.eps + (1.0 - 2.0 * self.eps) * torch.sigmoid(logits)
 
 
 def threshold_filter(w: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -135,7 +135,7 @@ class MedK2N(nn.Module):
         c_task = self.task_embed(tgt)  # [B,N,C]
         check = None if self.source_check is None else self.source_check(feats, c_modal)  # [B,K] logits
         gates: dict[str, torch.Tensor] = {}
-        state_error = None
+        state_log_error = None
         # How much of each slot reaches each target's fine-scale paths: every present slot alike
         # without a fusion (B0), else the base frame fully and each auxiliary frame by the share of
         # it the fusion took into the fused state (accept x w_eff): which of the two gates carries
@@ -151,7 +151,7 @@ class MedK2N(nn.Module):
             )
             fused = result.features.unflatten(0, (-1, n))
             gates = {name: value.unflatten(0, (-1, n)) for name, value in result.gates.items()}
-            state_error = result.error_map[:, 0].unflatten(0, (-1, n))
+            state_log_error = result.log_error_map[:, 0].unflatten(0, (-1, n))
             if k > 1:
                 used = gates["accept"][..., None, None] * gates["w_eff"]  # [B,N,K-1,h,w]
                 slot_weights = torch.cat([torch.ones_like(used[:, :, :1]), used], dim=2)
@@ -162,7 +162,7 @@ class MedK2N(nn.Module):
         heads = self.heads(fused, levels[0].unflatten(0, (-1, k)), c_task, tgt, x, c_modal, avail, slot_weights)
         return K2NOutput(
             images=heads.images, scale=heads.scale, candidates=heads.candidates, quality=heads.quality,
-            src=src, tgt=tgt, avail=avail, gates=gates, state_error=state_error, source_check=check,
+            src=src, tgt=tgt, avail=avail, gates=gates, state_log_error=state_log_error, source_check=check,
         )
 
 

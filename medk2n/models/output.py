@@ -25,7 +25,7 @@ class K2NOutput:
     tgt: torch.Tensor  # [B,N]
     avail: torch.Tensor  # [B,K] float 0/1
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
-    state_error: torch.Tensor | None = None  # [B,N,h,w] fusion quality estimate Q of the final state
+    state_log_error: torch.Tensor | None = None  # [B,N,h,w] log of the fusion's quality estimate Q of the final state
     image_embed: torch.Tensor | None = None  # [B,N,text_dim] generated images (CMIM on)
     source_embed: torch.Tensor | None = None  # [B,K,text_dim] real source images (CMIM on)
     source_check: torch.Tensor | None = None  # [B,K] SourceCheckNet logits (model.source_check on)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from medk2n.config import DEFAULT_MODALITIES
 from medk2n.losses.cmim import contrastive_loss, triplet_loss
 from medk2n.losses.image import gradient_l1, histogram_l1, masked_l1, ssim
-from medk2n.losses.quality import laplace_nll, quality_loss
+from medk2n.losses.quality import STATE_ERROR_FLOOR, laplace_nll, quality_loss
 from medk2n.models.output import K2NOutput
 
 
@@ -91,12 +91,12 @@ def test_training_ssim_map_is_the_evaluation_ssim():
     assert np.abs(ssim_map(pred, truth).double().numpy() - expected).max() < 1e-5
 
 
-def _output(candidates, quality, images=None, state_error=None) -> K2NOutput:
+def _output(candidates, quality, images=None, state_log_error=None) -> K2NOutput:
     b, n = candidates.shape[:2]
     return K2NOutput(
         images=candidates[:, :, 0] if images is None else images, scale=torch.ones_like(candidates[:, :, 0]),
         candidates=candidates, quality=quality, src=torch.zeros(b, 1, dtype=torch.long),
-        tgt=torch.zeros(b, n, dtype=torch.long), avail=torch.ones(b, 1), state_error=state_error,
+        tgt=torch.zeros(b, n, dtype=torch.long), avail=torch.ones(b, 1), state_log_error=state_log_error,
     )
 
 
@@ -145,9 +145,10 @@ def test_quality_loss_covers_the_fusion_estimate_on_its_grid():
     pooled = F.avg_pool2d((images - target).abs(), 8)
     candidates = images.unsqueeze(2)
     real = (candidates - target.unsqueeze(2)).abs().clamp_min(1e-4)
-    exact = quality_loss(_output(candidates, real, images, state_error=pooled), target, torch.ones(1, 2))
-    off = quality_loss(_output(candidates, real, images, state_error=pooled + 0.1), target, torch.ones(1, 2))
-    assert off.item() - exact.item() == pytest.approx(0.1, abs=1e-5)
+    log_pooled = torch.log(pooled + STATE_ERROR_FLOOR)
+    exact = quality_loss(_output(candidates, real, images, state_log_error=log_pooled), target, torch.ones(1, 2))
+    off = quality_loss(_output(candidates, real, images, state_log_error=log_pooled + 0.1), target, torch.ones(1, 2))
+    assert off.item() - exact.item() == pytest.approx(0.1, abs=1e-5)  # fitted in log space: a factor e^0.1 off
 
 
 def test_cmim_contrastive_prefers_the_correct_modality_text():

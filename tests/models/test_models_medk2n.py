@@ -36,7 +36,7 @@ def test_shapes_ranges_and_modules_per_ablation(make_model, make_inputs, ablatio
     assert (out.image_embed is not None) == switches["cmim"] == (model.embedder is not None)
     if out.gates:
         assert out.gates["accept"].shape == (2, 3, 1) and out.gates["w_eff"].shape == (2, 3, 1, 8, 8)
-        assert out.state_error.shape == (2, 3, 8, 8)
+        assert out.state_log_error.shape == (2, 3, 8, 8) and bool((out.state_log_error < 0).all())
     if "tau" in out.gates:
         tau = out.gates["tau"]
         assert bool(((tau >= 0.05 - 1e-6) & (tau <= 0.9 + 1e-6)).all())

@@ -12,7 +12,7 @@ def test_shapes_ranges_and_detailed_output(make_model, make_inputs):
     out = model.forward_detailed(x, src, tgt)
     assert out.images.shape == out.scale.shape == (2, 2, 64, 64)
     assert out.candidates.shape == out.quality.shape == (2, 2, 1, 64, 64)
-    assert out.gates == {} and out.image_embed is None and out.state_error is None
+    assert out.gates == {} and out.image_embed is None and out.state_log_error is None
     assert bool(((out.images >= 0) & (out.images <= 1)).all())
     assert bool((out.scale > 0).all()) and torch.equal(out.scale, out.quality[:, :, 0])
     model.eval()
