@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medk2n.models.blocks import FiLM, SeparableConv, expand_targets, group_norm
+from medk2n.models.blocks import FiLM, SeparableConv, channels_innermost, expand_targets, group_norm
 
 # Soft selection in training: a 0.01 gap in predicted mean error gives the better head e-times the weight.
 SELECTION_TEMPERATURE = 0.01
@@ -70,9 +70,18 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
 
 
 def cat_channels(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate on channels in channels-last layout: torch.cat returns a contiguous tensor whatever its
-    inputs, and oneDNN's depthwise convolution runs ~2x slower on CPU from that layout (same values)."""
+    """Concatenate on channels in channels-last layout: torch.cat returns a contiguous tensor when its inputs'
+    layouts differ, and oneDNN's depthwise convolution runs ~2x slower on CPU from that layout (same values)."""
+    for part in parts:
+        if part.requires_grad and channels_innermost(part):
+            # Its gradient arrives as a channel slice of the concatenation's: strided, and the elementwise
+            # backward it meets next (GELU) ran 6x slower on that than on a dense channels-last copy.
+            part.register_hook(_dense_channels_last)
     return torch.cat(parts, dim=1).contiguous(memory_format=torch.channels_last)
+
+
+def _dense_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
 
 
 class SourceDetail(nn.Module):
@@ -124,6 +133,13 @@ def mix_slots(slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if w.shape[-2:] != (1, 1) and w.shape[-2:] != (hh, ww):
         w = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)
     w = w.unflatten(0, (b, n, k))  # [B,N,K,1,H,W] or [B,N,K,1,1,1]
+    if channels_innermost(slots, dim=2):
+        # Same values, computed with channels last so the result and its gradient keep the layout of the
+        # (channels-last) convolutions around them: a GELU backward that meets a gradient in the other layout
+        # ran 8x slower (CPU training); the export traces the other branch.
+        wl, s = w.permute(0, 1, 2, 4, 5, 3), slots.permute(0, 1, 3, 4, 2)  # [B,N,K,H,W,1], [B,K,H,W,C]
+        total = (wl * s.unsqueeze(1)).sum(dim=2) / wl.sum(dim=2).clamp_min(1e-6)  # [B,N,H,W,C]
+        return total.permute(0, 1, 4, 2, 3).flatten(0, 1)
     total = (w * slots.unsqueeze(1)).sum(dim=2)
     return (total / w.sum(dim=2).clamp_min(1e-6)).flatten(0, 1)
 
@@ -176,6 +192,15 @@ class CandidateHeads(nn.Module):
     def forward(self, hidden: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """hidden [M,C,H,W], tgt [M] target ids -> candidates in (0,1) [M,Kh,H,W]."""
         m, c, hh, ww = hidden.shape
+        if channels_innermost(hidden):
+            # The same products with pixels as rows, so channels-last features are read in place and their
+            # gradient comes back in their layout (a reshape to [M,C,HW] copied them, and the decoder's GELU
+            # backward then met a gradient in the other layout, 8x slower). Export traces the branch below.
+            flat = hidden.permute(0, 2, 3, 1).reshape(m, hh * ww, c)
+            h = torch.baddbmm(self.pixel_bias[tgt].unsqueeze(1), flat, self.pixel_weight[tgt].transpose(1, 2))
+            h = self.act(h).reshape(m, hh * ww, self.num_heads, self.hidden)  # [M,HW,Kh,C]
+            out = (self.out_weight[tgt].unsqueeze(1) * h).sum(dim=-1) + self.out_bias[tgt].unsqueeze(1)
+            return torch.sigmoid(out.reshape(m, hh, ww, self.num_heads).permute(0, 3, 1, 2))
         flat = hidden.reshape(m, c, hh * ww)
         h = torch.bmm(self.pixel_weight[tgt], flat) + self.pixel_bias[tgt].unsqueeze(-1)  # [M,Kh*C,HW]
         h = self.act(h).reshape(m, self.num_heads, self.hidden, hh * ww)
