@@ -61,6 +61,12 @@ from medk2n.models.prototypes import TaskPrototypes
 # Width of the soft acceptance step in units of predicted mean absolute error
 # (intensities are in [0,1]): a 0.02 predicted improvement gives ~0.9.
 QUALITY_GATE_TEMPERATURE = 0.01
+Q_FIT_GRADIENT_SHARE = 0.1  # the share of Q's regression gradient that flows on into the fused state
+
+
+def scale_gradient(t: torch.Tensor, share: float) -> torch.Tensor:
+    """`t` unchanged in the forward pass; its gradient multiplied by `share` in the backward pass."""
+    return share * t + (1.0 - share) * t.detach()
 
 
 class SharedEncoder(nn.Module):
@@ -173,7 +179,12 @@ class SequentialFusion(nn.Module):
                 trace.setdefault(name, []).append(value)
         return FusionResult(
             features=self.prototypes(state, tgt),
-            log_error_map=F.logsigmoid(self.quality.logits(state, c_task)),
+            # Q's fit to the real error (losses.quality) reaches the state and the task embedding with a tenth
+            # of its gradient: at full strength it reshaped the encoder features the source check reads (the
+            # check's AUC against a wrong contrast fell from 0.94-0.99 to 0.39-0.85); cut off entirely, the
+            # gates died again on the blob test (docs/experiments.md, 2026-12-03, evening).
+            log_error_map=F.logsigmoid(self.quality.logits(scale_gradient(state, Q_FIT_GRADIENT_SHARE),
+                                                           scale_gradient(c_task, Q_FIT_GRADIENT_SHARE))),
             gates={name: torch.stack(values, dim=1) for name, values in trace.items()},
             order=order,
         )

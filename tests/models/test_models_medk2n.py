@@ -192,3 +192,29 @@ def test_bad_shapes_are_rejected(make_model, make_inputs):
     cfg.image_size = 48
     with pytest.raises(ConfigError, match="multiple of 32"):
         build_model(cfg, text_embeddings=torch.zeros(7, 384))
+
+
+def test_q_fit_reaches_the_fused_state_with_a_tenth_of_its_gradient(make_model, make_inputs, monkeypatch):
+    """Q's regression on the real error (losses.quality) trains Q fully and the features under it by
+    Q_FIT_GRADIENT_SHARE only: at full strength it reshaped the encoder features the source check reads."""
+    from medk2n.models import fusion
+
+    assert 0.0 < fusion.Q_FIT_GRADIENT_SHARE < 1.0
+    x, src, tgt = make_inputs(b=2, k=2, n=2)
+    grads = {}
+    for share in (1.0, 0.25):
+        monkeypatch.setattr(fusion, "Q_FIT_GRADIENT_SHARE", share)
+        model = make_model(ablation="B5").train()
+        torch.manual_seed(3)
+        model.forward_detailed(x, src, tgt).state_log_error.sum().backward()
+        grads[share] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    full, part = grads[1.0], grads[0.25]
+    assert set(full) == set(part)
+    q_params = [name for name in full if name.startswith("fusion.quality.")]
+    encoder = [name for name in full if name.startswith("encoder.") and bool(full[name].abs().sum() > 0)]
+    assert q_params and encoder
+    for name in q_params:
+        torch.testing.assert_close(part[name], full[name])
+    for name in encoder:
+        expected = full[name] * 0.25
+        assert float((part[name] - expected).norm()) <= 1e-4 * float(expected.norm()), name
