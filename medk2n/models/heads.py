@@ -133,15 +133,14 @@ def mix_slots(slots: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     if w.shape[-2:] != (1, 1) and w.shape[-2:] != (hh, ww):
         w = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)
     w = w.unflatten(0, (b, n, k))  # [B,N,K,1,H,W] or [B,N,K,1,1,1]
-    if channels_innermost(slots, dim=2):
-        # Same values, computed with channels last so the result and its gradient keep the layout of the
-        # (channels-last) convolutions around them: a GELU backward that meets a gradient in the other layout
-        # ran 8x slower (CPU training); the export traces the other branch.
-        wl, s = w.permute(0, 1, 2, 4, 5, 3), slots.permute(0, 1, 3, 4, 2)  # [B,N,K,H,W,1], [B,K,H,W,C]
-        total = (wl * s.unsqueeze(1)).sum(dim=2) / wl.sum(dim=2).clamp_min(1e-6)  # [B,N,H,W,C]
-        return total.permute(0, 1, 4, 2, 3).flatten(0, 1)
-    total = (w * slots.unsqueeze(1)).sum(dim=2)
-    return (total / w.sum(dim=2).clamp_min(1e-6)).flatten(0, 1)
+    # Channels-last slots are mixed with channels as the last axis, so the result and its gradient keep the
+    # layout of the convolutions around them (a GELU backward that meets a gradient in the other layout ran
+    # 8x slower in CPU training); same values. The export traces the channels-first order.
+    channels_last = channels_innermost(slots, dim=2)
+    if channels_last:
+        w, slots = w.permute(0, 1, 2, 4, 5, 3), slots.permute(0, 1, 3, 4, 2)  # [B,N,K,H,W,1], [B,K,H,W,C]
+    total = (w * slots.unsqueeze(1)).sum(dim=2) / w.sum(dim=2).clamp_min(1e-6)
+    return (total.permute(0, 1, 4, 2, 3) if channels_last else total).flatten(0, 1)
 
 
 class DecoderTrunk(nn.Module):
