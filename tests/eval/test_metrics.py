@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from medk2n.eval.metrics import mae, psnr, spearman, ssim, ssim_map
-from medk2n.eval.protocol import percentile_scale, score_volume, summarise
+from medk2n.eval.protocol import affine_fitted_psnr, percentile_scale, score_volume, summarise
 
 
 def test_psnr_and_mae_by_hand():
@@ -100,3 +100,22 @@ def test_lesion_metrics_by_hand():
     assert perfect["lesion_mae"] == 0.0 and perfect["lesion_bias"] == 0.0
     # no lesion voxel inside the brain mask: no lesion metrics rather than a NaN
     assert "lesion_mae" not in score_volume(pred, truth, mask, lesion=np.zeros_like(lesion))
+
+
+def test_affine_fitted_psnr_forgives_the_intensity_layout_and_nothing_else():
+    """A synthesis with the right anatomy on another intensity layout scores as the right one; one with the
+    anatomy wrong does not, however it is scaled; and the score is never below plain masked PSNR."""
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(0.0, 1.0, (12, 12, 6))
+    mask = np.zeros(truth.shape, bool)
+    mask[2:10, 2:10] = True
+    noisy = truth + 0.05 * rng.standard_normal(truth.shape)
+    relaid = 0.4 * noisy + 0.3
+    assert affine_fitted_psnr(relaid, truth, mask) == pytest.approx(affine_fitted_psnr(noisy, truth, mask))
+    assert affine_fitted_psnr(relaid, truth, mask) > psnr(relaid, truth, mask) + 5.0
+    shuffled = rng.permutation(noisy.ravel()).reshape(noisy.shape)
+    assert affine_fitted_psnr(shuffled, truth, mask) < affine_fitted_psnr(noisy, truth, mask) - 10.0
+    for pred in (noisy, relaid, shuffled):
+        assert affine_fitted_psnr(pred, truth, mask) >= psnr(pred, truth, mask) - 1e-9
+    scores = score_volume(relaid, truth, mask)
+    assert scores["masked_psnr_affine"] >= scores["masked_psnr"]
