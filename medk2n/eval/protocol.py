@@ -119,14 +119,17 @@ def affine_fitted_psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) ->
     noisy, lesion-bright reference (DWI) has a 99.5th percentile far above its tissue that a
     synthesis, a conditional median, lacks, so both land at different places on their own scales,
     and masked PSNR swung by 3 dB between trainings of one network while this score moved by less
-    than 0.5 dB (docs/experiments.md, 2026-12-03, night). The identity is one of the maps fitted,
-    so it is never below masked PSNR."""
+    than 0.5 dB (docs/experiments.md, 2026-12-03, night). The slope may not be negative: an inverted
+    contrast is a wrong synthesis, not a layout (fitted freely, a copy of FLAIR scored as an ADC).
+    The identity is one of the maps allowed, so the score is never below masked PSNR."""
     x = np.asarray(pred, dtype=np.float64)[mask]
     y = np.asarray(truth, dtype=np.float64)[mask]
     if x.size == 0:
         return float("nan")
     design = np.stack([x, np.ones_like(x)], axis=1)
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    if coef[0] < 0:  # the best map with slope >= 0 is then the constant one (the objective is convex in the slope)
+        return psnr(np.full_like(y, y.mean()), y)
     return psnr(design @ coef, y)
 
 

@@ -115,7 +115,10 @@ def test_affine_fitted_psnr_forgives_the_intensity_layout_and_nothing_else():
     assert affine_fitted_psnr(relaid, truth, mask) > psnr(relaid, truth, mask) + 5.0
     shuffled = rng.permutation(noisy.ravel()).reshape(noisy.shape)
     assert affine_fitted_psnr(shuffled, truth, mask) < affine_fitted_psnr(noisy, truth, mask) - 10.0
-    for pred in (noisy, relaid, shuffled):
+    inverted = 1.0 - noisy  # the contrast reversed: not a layout, so not forgiven
+    constant = psnr(np.full(truth[mask].shape, truth[mask].mean()), truth[mask])
+    assert affine_fitted_psnr(inverted, truth, mask) == pytest.approx(constant)
+    for pred in (noisy, relaid, shuffled, inverted):
         assert affine_fitted_psnr(pred, truth, mask) >= psnr(pred, truth, mask) - 1e-9
     scores = score_volume(relaid, truth, mask)
     assert scores["masked_psnr_affine"] >= scores["masked_psnr"]
