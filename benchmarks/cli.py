@@ -86,9 +86,12 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
 @click.option("--steps", default=None,
               help="Fixed step budget instead of --budget-minutes: N, or METHOD=N,... per method (e.g. the steps "
                    "each reached in a wall-clock run on an idle machine), so a loaded machine gives the same result.")
+@click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep the split, checkpoints and bundles in this new or empty folder (to re-score them later) "
+                   "[default: a temporary folder, removed at the end].")
 @debug_option
 def quality(data: Path, budget_minutes: float, preset: str, methods: str | None, seed: int, device: str, out: Path,
-            tag: str | None, steps: str | None, debug: bool) -> None:
+            tag: str | None, steps: str | None, work: Path | None, debug: bool) -> None:
     """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
 
     def body() -> int:
@@ -96,7 +99,7 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 
         chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(METHODS)
         run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag,
-                    methods=chosen, steps=steps)
+                    methods=chosen, steps=steps, work=work)
         click.echo(f"wrote quality results to {out}")
         return 0
 

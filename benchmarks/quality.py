@@ -110,8 +110,9 @@ def run_quality(
     budget_minutes is the training wall-clock budget of *each* method.
     overrides: {"model"|"train"|"loss": {field: value}} applied on top of the
     preset for every method (e.g. a smaller image size for tests).
-    work: keep checkpoints, bundles and split folders there (default: a
-    temporary folder, removed at the end).
+    work: keep checkpoints, bundles and split folders there, to re-score or
+    inspect them later; a new or empty folder (default: a temporary folder,
+    removed at the end).
     tag: write quality-<tag>.* instead (e.g. a GPU run beside the CPU one).
     steps: "N" or "METHOD=N,...": train fixed step counts instead of budget_minutes of wall clock.
     Returns the results dict that quality.json holds.
@@ -126,7 +127,10 @@ def run_quality(
     if budget_minutes <= 0:
         raise ConfigError(f"budget must be positive, got {budget_minutes} minutes")
     if work is not None:
-        return _run(plan, Path(data), Path(out), Path(work), progress, stem)
+        work = Path(work)
+        if work.is_file() or (work.is_dir() and any(work.iterdir())):
+            raise ConfigError(f"{work}: the work folder must be new or empty (a kept run is never overwritten)")
+        return _run(plan, Path(data), Path(out), work, progress, stem)
     with tempfile.TemporaryDirectory(prefix="medk2n-quality-") as tmp:
         return _run(plan, Path(data), Path(out), Path(tmp), progress, stem)
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from medk2n.benchmarks.cli import cli
 from medk2n.benchmarks.quality import DEFAULT_TASKS, Task, method_config, parse_task, run_quality, split_dataset
 from medk2n.benchmarks.quality_report import ALL, assemble, markdown
 from medk2n.errors import ConfigError, DataError
@@ -135,7 +137,8 @@ def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
     # fit_to_budget, is tested in tests/train/test_loop.py).
     results = run_quality(phantom, 0.05, out, seed=0, progress=lambda _: None, methods=["B5", "unet"],
                           tasks=["flair->adc,dwi"], test_fraction=0.25, export_precisions=("fp32",),
-                          overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}}, steps="B5=6,unet=9")
+                          overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}}, steps="B5=6,unet=9",
+                          work=tmp_path / "work")
     assert sorted(p.name for p in out.iterdir()) == ["quality.json", "quality.md", "quality.png",
                                                      "quality_examples.png"]
     assert json.loads((out / "quality.json").read_text()) == results
@@ -143,7 +146,7 @@ def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = results["summary"]["flair->adc,dwi"]
     for method in ("B5", "unet", "B5:onnx-fp32", "mean-train"):
-        for metric in ("masked_psnr", "masked_ssim", "masked_mae", "psnr", "ssim"):
+        for metric in ("masked_psnr", "masked_psnr_affine", "masked_ssim", "masked_mae", "psnr", "ssim"):
             assert np.isfinite(summary[method][ALL][metric]["mean"]), (method, metric)
     assert results["methods"]["B5"]["steps"] == 6 and results["methods"]["unet"]["steps"] == 9
     assert results["settings"]["steps"] == {"B5": 6, "unet": 9} and results["settings"]["budget_minutes"] is None
@@ -153,3 +156,27 @@ def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
     drop = results["precision"]["drop"]["flair->adc,dwi"]["fp32"][ALL]["masked_psnr"]["mean"]
     assert abs(drop) < 0.1
     assert "U-Net baseline" in (out / "quality.md").read_text()
+    # The kept work folder holds what a later re-scoring needs.
+    for method in ("B5", "unet"):
+        assert (tmp_path / "work" / "runs" / method / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "work" / "split" / "test").iterdir()) == results["split"]["test"]
+
+
+def test_a_kept_work_folder_is_never_reused(phantom, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "runs").mkdir()
+    with pytest.raises(ConfigError, match="work folder must be new or empty"):
+        run_quality(phantom, 0.05, tmp_path / "out", progress=lambda _: None, methods=["unet"], work=work)
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in work.iterdir()) == ["runs"]
+
+
+def test_cli_refuses_a_used_work_folder_in_one_line(phantom, tmp_path):
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["quality", "--data", str(phantom), "--methods", "unet", "--out",
+                                      str(tmp_path / "out"), "--work", str(work)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(work) in lines[0], result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
