@@ -117,9 +117,10 @@ def affine_fitted_psnr(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) ->
     A diagnostic beside masked PSNR, not a replacement: it forgives a synthesis its global intensity
     layout and scores what is left (anatomy, contrast between tissues). The layout can dominate: a
     noisy, lesion-bright reference (DWI) has a 99.5th percentile far above its tissue that a
-    synthesis, a conditional median, lacks, so both land at different places on their own scales,
-    and masked PSNR swung by 3 dB between trainings of one network while this score moved by less
-    than 0.5 dB (docs/experiments.md, 2026-12-03, night). The slope may not be negative: an inverted
+    synthesis, a conditional median, lacks, so both land at different places on their own scales.
+    One subject's DWI masked PSNR swung by 3 dB between two trainings of one network, and where B5
+    and the U-Net differed by up to 2.9 dB in masked PSNR this score put them within 0.51 dB
+    (docs/experiments.md, 2026-12-03, night). The slope may not be negative: an inverted
     contrast is a wrong synthesis, not a layout (fitted freely, a copy of FLAIR scored as an ADC).
     The identity is one of the maps allowed, so the score is never below masked PSNR."""
     x = np.asarray(pred, dtype=np.float64)[mask]
