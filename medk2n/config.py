@@ -89,6 +89,8 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "B5": dict(multiscale=True, task_memory=True, preweight=True, threshold=True, effiweight=True, cmim=True),
 }
 
+ENCODER_WINDOWS = ("tile", "sam2")
+
 
 @dataclass
 class ModelConfig:
@@ -102,6 +104,12 @@ class ModelConfig:
     # "hiera_micro" (a 4-block Hiera for CPU tests and the demo).
     encoder: str = "hiera_t"
     encoder_checkpoint: str | None = None
+    # Attention windows of the Hiera trunk: "tile" keeps SAM2's number of windows per side but sizes
+    # them to the stage's map at this image_size, so no window attends over padding
+    # (models/encoder.py: tile_windows); "sam2" keeps the window sizes SAM2 chose for 1024^2 inputs,
+    # which at 256^2 pad the stage-3 and stage-4 maps to 3x their tokens. Checkpoints written before
+    # the option existed read "sam2", the windows they were trained with.
+    encoder_windows: str = "tile"
     lora_rank: int = 8
     lora_alpha: float = 16.0
     feature_dim: int = 256  # FPN neck width (SAM2 d_model)
@@ -125,6 +133,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
             raise ConfigError(f"ablation must be one of {sorted(ABLATIONS)}, got {self.ablation!r}")
+        if self.encoder_windows not in ENCODER_WINDOWS:
+            raise ConfigError(f"encoder_windows must be one of {list(ENCODER_WINDOWS)}, got {self.encoder_windows!r}")
         self.modalities = [m.lower() for m in self.modalities]
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"duplicate modality names in vocabulary {self.modalities}")

@@ -13,6 +13,7 @@ on, and free to learn a different mapping per contrast.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,8 @@ class SliceEncoder(nn.Module):
     """
 
     def __init__(
-        self, preset: str, feature_dim: int, num_modalities: int, lora_rank: int, lora_alpha: float
+        self, preset: str, feature_dim: int, num_modalities: int, lora_rank: int, lora_alpha: float,
+        image_size: int | None = None, windows: str = "sam2",
     ) -> None:
         super().__init__()
         if preset not in ENCODER_PRESETS:
@@ -99,6 +101,12 @@ class SliceEncoder(nn.Module):
         self.preset = preset
         self.modality_input = ModalityInput(num_modalities)
         trunk = Hiera(**ENCODER_PRESETS[preset].trunk)
+        if windows == "tile":
+            if image_size is None:
+                raise ConfigError("encoder windows 'tile' need the image size the trunk will see")
+            tile_windows(trunk, image_size)
+        elif windows != "sam2":
+            raise ConfigError(f"encoder windows must be 'tile' or 'sam2', got {windows!r}")
         if lora_rank > 0:
             apply_lora(trunk, lora_rank, lora_alpha)
         neck = FpnNeck(
@@ -119,6 +127,38 @@ class SliceEncoder(nn.Module):
         """Train only the adapters of the trunk (LoRA); the neck and input map stay trainable."""
         for name, param in self.image_encoder.trunk.named_parameters():
             param.requires_grad_("lora_" in name)
+
+
+def tile_windows(trunk: Hiera, image_size: int) -> list[tuple[int, int, int]]:
+    """Size each windowed block's attention window to tile its map; returns (map side, SAM2's window, new window).
+
+    SAM2 chose its window sizes (Hiera-tiny: 8, 4, 14, 7 per stage) for 1024^2 inputs, whose stage
+    maps (256, 128, 64, 32 tokens a side) they tile. At 256^2 the stage-3 and stage-4 maps are 16 and
+    8 tokens a side, and windows of 14 and 7 pad them to 28 and 14: the windowed blocks there run
+    their qkv projection, attention and output projection on 3x the tokens, two thirds of them
+    padding (39.1 against 31.8 GFLOP per K=2, N=4 slice of the default preset; docs/experiments.md).
+    Keeping SAM2's number of windows per side and sizing the windows to the map (16 tokens: two
+    windows of 8) removes the padding and keeps what the windows are for, local attention between
+    the global blocks. Blocks that pool their queries need a window divisible by the pooling stride,
+    so theirs is rounded up to it. The weights do not depend on window size (the window position
+    embedding belongs to stage 1, whose windows already tile any size Hiera accepts), so SAM2
+    checkpoints load either way; a network trained with one layout computes another function under
+    the other, hence the model config records which (`ModelConfig.encoder_windows`).
+    """
+    side = image_size // 4  # stage-1 map: the patch embedding has stride 4
+    changes = []
+    for block in trunk.blocks:
+        window = block.window_size
+        if window > 0:
+            per_side = math.ceil(side / window)
+            fitted = math.ceil(side / per_side)
+            if block.q_stride:
+                fitted = math.ceil(fitted / block.q_stride[0]) * block.q_stride[0]
+            block.window_size = fitted
+            changes.append((side, window, fitted))
+        if block.q_stride:
+            side //= block.q_stride[0]
+    return changes
 
 
 def warn_if_untrained(preset: str) -> None:

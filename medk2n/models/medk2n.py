@@ -48,7 +48,8 @@ class MedK2N(nn.Module):
             )
         if cfg.image_size % SIZE_MULTIPLE:
             raise ConfigError(f"image_size must be a multiple of {SIZE_MULTIPLE} for Hiera, got {cfg.image_size}")
-        self.encoder = SliceEncoder(cfg.encoder, cfg.feature_dim, vocab, cfg.lora_rank, cfg.lora_alpha)
+        self.encoder = SliceEncoder(cfg.encoder, cfg.feature_dim, vocab, cfg.lora_rank, cfg.lora_alpha,
+                                    image_size=cfg.image_size, windows=cfg.encoder_windows)
         self.scales = MultiScaleNet(cfg.feature_dim, dim) if switches["multiscale"] else SingleScale(cfg.feature_dim, dim)
         self.modality_embed = nn.Embedding(vocab, dim)
         self.task_embed = nn.Embedding(vocab, dim)

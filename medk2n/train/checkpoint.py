@@ -91,6 +91,7 @@ LATER_OPTIONS = {
     ("loss", "lesion"): 0.0,
     ("loss", "histogram"): 0.0,
     ("train", "lesion_oversample"): 0.0,
+    ("model", "encoder_windows"): "sam2",
 }
 
 

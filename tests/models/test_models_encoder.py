@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from medk2n.errors import CheckpointError, ConfigError
-from medk2n.models.encoder import SliceEncoder, load_sam2_checkpoint
+from medk2n.models.encoder import ENCODER_PRESETS, SliceEncoder, load_sam2_checkpoint, tile_windows
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,70 @@ def test_micro_encoder_levels_and_modality_input():
     # At init each modality maps [0,1] onto SAM2's ImageNet-normalised input.
     rgb = encoder.modality_input(torch.ones(1, 1, 2, 2), torch.tensor([[3]]))
     torch.testing.assert_close(rgb[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def _padded_tokens(side: int, window: int) -> int:
+    return (math.ceil(side / window) * window) ** 2 if window else side**2
+
+
+@pytest.mark.parametrize("size", [64, 128, 256, 288, 384, 512])
+def test_tiled_windows_never_pad_more_than_sam2s_and_keep_their_count(size):
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    trunk = Hiera(**ENCODER_PRESETS["hiera_t"].trunk)
+    for side, sam2, tiled in tile_windows(trunk, size):
+        assert tiled <= max(sam2, side + 1)
+        assert math.ceil(side / tiled) == math.ceil(side / sam2)  # SAM2's windows per side
+        assert _padded_tokens(side, tiled) <= _padded_tokens(side, sam2)
+    if size in (64, 128, 256, 384):  # sizes whose maps split evenly: no padding at all
+        assert all(side % tiled == 0 for side, _, tiled in tile_windows(Hiera(**ENCODER_PRESETS["hiera_t"].trunk), size))
+
+
+def test_tiled_windows_at_256_remove_the_padding_of_stages_3_and_4():
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    trunk = Hiera(**ENCODER_PRESETS["hiera_t"].trunk)
+    assert [b.window_size for b in trunk.blocks] == [8, 8, 4, 4, 14, 0, 14, 0, 14, 0, 14, 7]
+    tile_windows(trunk, 256)
+    assert [b.window_size for b in trunk.blocks] == [8, 8, 4, 4, 8, 0, 8, 0, 8, 0, 8, 4]
+
+
+@pytest.mark.parametrize("size", [96, 160, 288])
+def test_tiled_hiera_t_runs_at_sizes_whose_maps_do_not_split_evenly(size):
+    torch.manual_seed(0)
+    encoder = SliceEncoder("hiera_t", feature_dim=32, num_modalities=7, lora_rank=0, lora_alpha=1.0,
+                           image_size=size, windows="tile")
+    levels = encoder(torch.rand(1, 1, size, size), torch.tensor([[0]]))
+    assert [tuple(t.shape[-2:]) for t in levels] == [(size // s, size // s) for s in (4, 8, 16)]
+    assert all(torch.isfinite(t).all() for t in levels)
+
+
+def test_window_layouts_share_weights_and_differ_only_where_sam2_pads():
+    def build(size, windows):
+        torch.manual_seed(0)
+        return SliceEncoder("hiera_t", feature_dim=32, num_modalities=7, lora_rank=0, lora_alpha=1.0,
+                            image_size=size, windows=windows).eval()
+
+    x, src = torch.rand(1, 1, 128, 128), torch.tensor([[2]])
+    tiled, padded = build(128, "tile"), build(128, "sam2")
+    assert {k: v.shape for k, v in tiled.state_dict().items()} == {k: v.shape for k, v in padded.state_dict().items()}
+    with torch.no_grad():
+        assert not torch.allclose(tiled(x, src)[2], padded(x, src)[2])  # stage 3 is padded at 128^2
+        micro = [SliceEncoder("hiera_micro", 32, 7, 4, 8.0, image_size=64, windows=w).eval() for w in ("tile", "sam2")]
+        micro[1].load_state_dict(micro[0].state_dict())
+        x64 = torch.rand(2, 1, 64, 64)
+        # hiera_micro's windows tile its maps at 64^2 already: the demo model computes what it always did.
+        for a, b in zip(micro[0](x64, torch.tensor([[0], [3]])), micro[1](x64, torch.tensor([[0], [3]]))):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_unknown_window_layout_is_a_config_error():
+    with pytest.raises(ConfigError, match="windows"):
+        SliceEncoder("hiera_micro", 32, 7, 4, 8.0, image_size=64, windows="global")
+    with pytest.raises(ConfigError, match="encoder_windows"):
+        from medk2n.config import ModelConfig
+
+        ModelConfig(encoder_windows="global")
 
 
 def test_unknown_encoder_preset_is_a_config_error():

@@ -16,6 +16,7 @@ def test_a_checkpoint_from_before_a_later_term_reads_it_as_off(tmp_path):
         del experiment[section][key]
     cfg, _ = read_checkpoint_config(_write(tmp_path / "old", experiment))
     assert cfg.loss.lesion == 0.0 and cfg.loss.histogram == 0.0 and cfg.train.lesion_oversample == 0.0
+    assert cfg.model.encoder_windows == "sam2"  # the padded windows it was trained with
     # Everything the old run did record is kept.
     assert cfg.loss.l1 == experiment["loss"]["l1"] and cfg.train.lr == experiment["train"]["lr"]
 
@@ -25,6 +26,7 @@ def test_a_checkpoint_that_records_the_terms_keeps_their_values(tmp_path):
     experiment["loss"]["histogram"] = 0.7
     cfg, _ = read_checkpoint_config(_write(tmp_path / "new", experiment))
     assert cfg.loss.histogram == 0.7
+    assert cfg.model.encoder_windows == "tile"
     assert cfg.loss.lesion == preset("tiny").loss.lesion > 0
 
 
