@@ -21,8 +21,8 @@ from typing import Callable
 from medk2n.benchmarks.feeds import PHANTOM_SPACING, CaseFeed, case_feed, phantom_case
 from medk2n.benchmarks.machine import machine_stamp
 from medk2n.benchmarks.timing import summarize
-from medk2n.benchmarks.worker import (MEMORY_METHOD, Job, measure_backend, measure_end_to_end, measure_sgemm,
-                                      run_isolated)
+from medk2n.benchmarks.worker import (MEMORY_METHOD, Job, measure_backend, measure_end_to_end, measure_int8_gemm,
+                                      measure_sgemm, run_isolated)
 from medk2n.errors import BundleError, MedK2NError
 from medk2n.runtime.bundle import Bundle, load_bundle
 
@@ -68,16 +68,28 @@ def run_latency(opts: LatencyOptions, progress: Callable[[str], None] = print) -
             peaks[device] = run_isolated(measure_sgemm, opts.threads, device, opts.sgemm_size)
         jobs, not_run = plan_backends(opts.checkpoint, bundles, devices)
         rows = [row for spec in jobs for row in _measure(spec, opts, feed, progress)]
-        progress(f"end to end: {case_dir.name} through {first.path}")
-        e2e = run_isolated(measure_end_to_end, first.path, "auto", Path(case_dir), feed.sources, feed.targets,
-                           opts.threads, feed.feed, opts.warmup)
-        one = None
-        if len(feed.targets) > 1:  # the commonest clinical request, one missing contrast, same bundle
-            progress(f"end to end, one target ({feed.targets[0]})")
-            one = run_isolated(measure_end_to_end, first.path, "auto", Path(case_dir), feed.sources,
-                               feed.targets[:1], opts.threads, feed.feed, opts.warmup)
+        if any(b.manifest.precision == "int8" for b in bundles):
+            progress("measuring the CPU INT8 peak (onnxruntime MatMulInteger)")
+            int8_peak = run_isolated(measure_int8_gemm, opts.threads, opts.sgemm_size)
+        else:
+            int8_peak = None
+        volumes = []
+        for bundle in bundles:  # a whole volume through every bundle, all targets and the first alone
+            requests = [feed.targets] + ([feed.targets[:1]] if len(feed.targets) > 1 else [])
+            for targets in requests:
+                progress(f"end to end: {case_dir.name} through {bundle.path}, {len(feed.sources)}→{len(targets)}")
+                raw = run_isolated(measure_end_to_end, bundle.path, "auto", Path(case_dir), feed.sources, targets,
+                                   opts.threads, feed.feed, opts.warmup)
+                volumes.append({"bundle": bundle.path.name, "precision": bundle.manifest.precision,
+                                "targets": list(targets), **end_to_end_summary(raw)})
+    e2e = next(v for v in volumes if v["bundle"] == first.path.name and len(v["targets"]) == len(feed.targets))
+    one = next((v for v in volumes if v["bundle"] == first.path.name and len(v["targets"]) == 1
+                and len(feed.targets) > 1), None)
     gflops = model_gflops(cfg, first)
     _add_ratios(rows, peaks, gflops)
+    per_request = {n: model_gflops(cfg, first, n) for n in {len(v["targets"]) for v in volumes}}
+    for volume in volumes:
+        add_compute_limit(volume, per_request[len(volume["targets"])], peaks, int8_peak)
     return {
         "kind": "latency",
         "machine": machine_stamp(opts.threads),
@@ -92,8 +104,10 @@ def run_latency(opts: LatencyOptions, progress: Callable[[str], None] = print) -
         "peak": peaks,
         "rows": rows,
         "not_run": not_run,
-        "e2e": end_to_end_summary(e2e),
-        "e2e_one_target": end_to_end_summary(one) if one is not None else None,
+        "int8_peak": int8_peak,
+        "e2e": e2e,
+        "e2e_one_target": one,
+        "volumes": volumes,
         "dynamic_targets": first.dynamic_targets,
     }
 
@@ -198,12 +212,28 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def model_gflops(cfg, bundle: Bundle) -> float:
-    """FLOPs per slice (GFLOP) of the checkpoint's model at the bundle's K, N and image size."""
+def model_gflops(cfg, bundle: Bundle, n: int | None = None) -> float:
+    """FLOPs per slice (GFLOP) of the checkpoint's model at the bundle's K and image size, N targets (the bundle's N)."""
     from medk2n.models.summary import model_summary
 
     model_cfg = dataclasses.replace(cfg.model, image_size=bundle.image_size)
-    return model_summary(model_cfg, k=bundle.k, n=bundle.n)["gflops_per_slice"]
+    return model_summary(model_cfg, k=bundle.k, n=bundle.n if n is None else n)["gflops_per_slice"]
+
+
+def add_compute_limit(volume: dict, gflops_per_slice: float, peaks: dict, int8_peak: dict | None) -> None:
+    """In place: the volume's inference time if every FLOP ran at the measured peak (FP32 GEMM peak; the
+    INT8 GEMM peak for an INT8 bundle on CPU), and how far the measured inference is above it. A floor,
+    not a forecast: no graph runs all its work as large GEMMs, and an INT8 graph keeps float parts."""
+    device = "cpu" if volume["backend"].startswith("cpu") else "cuda"
+    if volume["precision"] == "int8" and device == "cpu":
+        rate, source = (int8_peak or {}).get("gops"), "int8 GEMM peak"
+    else:
+        rate, source = peaks.get(device, {}).get("gflops"), f"{device} FP32 GEMM peak"
+    volume["gflop"] = volume["slices_inferred"] * gflops_per_slice
+    volume["limit_s"] = volume["gflop"] / rate if rate else None
+    volume["limit_peak"] = source if rate else None
+    infer = volume["timings_s"].get("infer", 0.0)
+    volume["infer_over_limit"] = infer / volume["limit_s"] if volume["limit_s"] else None
 
 
 def _add_ratios(rows: list[dict], peaks: dict, gflops: float) -> None:

@@ -64,15 +64,38 @@ def latency_markdown(results: dict) -> str:
         "Latency is per batch; slices/s = batch / mean latency; speed-up = p50 of torch eager on the same "
         "device and batch / p50 of the row.",
         f"Peak memory: {results['memory_method']}. {_baseline_line(results['rows'])}",
-        _peak_line(results["peak"], model["gflops_per_slice"]),
+        _peak_line(results["peak"], model["gflops_per_slice"], results.get("int8_peak")),
         "",
         "## End to end (one volume)",
         "",
         *_e2e_lines(results["e2e"]),
         "",
         *_request_lines(results),
+        *_volume_lines(results),
     ]
     return "\n".join(lines)
+
+
+def _volume_lines(results: dict) -> list[str]:
+    """A whole volume through every bundle, every request, beside the time its FLOPs take at the measured peak."""
+    volumes = results.get("volumes")
+    if not volumes:
+        return []
+    sources = results["inputs"]["sources"]
+    lines = ["## Whole volume through every bundle", "",
+             "Inference seconds for the volume above, beside the compute floor: its FLOPs (slices inferred x "
+             "GFLOP per slice of the request) at the measured GEMM peak (the INT8 peak for INT8 bundles on CPU). "
+             "The floor counts every FLOP at the peak, which no graph reaches.", "",
+             _row(("bundle", "precision", "request", "slices", "GFLOP", "infer s", "total s", "floor s",
+                   "infer / floor")), _row(("---",) * 9)]
+    for v in volumes:
+        total = sum(v["timings_s"].values())
+        floor = f"{v['limit_s']:.2f}" if v.get("limit_s") else "-"
+        ratio = f"{v['infer_over_limit']:.1f}x" if v.get("infer_over_limit") else "-"
+        lines.append(_row((v["bundle"], v["precision"], f"{len(sources)}→{len(v['targets'])}", v["slices_inferred"],
+                           f"{v['gflop']:.0f}" if v["gflop"] >= 10 else f"{v['gflop']:.2f}", f"{v['timings_s'].get('infer', 0.0):.3f}", f"{total:.3f}", floor,
+                           ratio)))
+    return lines + [""]
 
 
 def _request_lines(results: dict) -> list[str]:
@@ -123,11 +146,14 @@ def _baseline_line(rows: list[dict]) -> str:
     return "RSS after imports, before loading the model: " + ", ".join(f"{b} {mb:.0f} MB" for b, mb in first.items()) + "."
 
 
-def _peak_line(peaks: dict, gflops: float) -> str:
+def _peak_line(peaks: dict, gflops: float, int8_peak: dict | None = None) -> str:
     measured = "; ".join(f"{device.upper()} {p['gflops']:.1f} GFLOP/s ({p['method']}, {p['threads']} threads)"
                          for device, p in peaks.items())
+    int8 = (f" Measured CPU INT8 peak: {int8_peak['gops']:.1f} GOP/s ({int8_peak['method']}, {int8_peak['threads']} "
+            f"threads; {int8_peak['gops'] / peaks['cpu']['gflops']:.2f}x the FP32 peak)." if int8_peak and "cpu" in peaks
+            else "")
     return (f"FLOPs: {gflops:.3f} GFLOP per slice (torch FlopCounterMode, one multiply-add = 2 FLOPs); "
-            f"measured FP32 peak: {measured}. % of peak compares every precision with the FP32 peak.")
+            f"measured FP32 peak: {measured}. % of peak compares every precision with the FP32 peak.{int8}")
 
 
 def _e2e_lines(e2e: dict) -> list[str]:

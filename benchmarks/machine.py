@@ -95,6 +95,37 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def int8_gemm_gops(threads: int, size: int = 2048, repeats: int = 5) -> dict:
+    """Best-of-`repeats` rate of ONNX Runtime's CPU integer GEMM (u8 x s8 -> s32 MatMulInteger, the kernel
+    behind a quantised graph's MatMulIntegerToFloat), 2*size^3 operations per multiply: the INT8 peak an
+    INT8 bundle's work is bounded by, measured with the library that runs it rather than taken from a
+    datasheet (whether this CPU has VNNI decides it)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (size, size), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8)}
+    session.run(None, feed)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return {"device": "cpu", "gops": 2 * size**3 / best / 1e9, "size": size, "threads": threads, "repeats": repeats,
+            "method": f"onnxruntime MatMulInteger u8 x s8 {size}x{size}, best of {repeats}"}
+
+
 def sgemm_gflops(threads: int, device: str = "cpu", size: int = 2048, repeats: int = 5) -> dict:
     """Best-of-`repeats` FP32 GEMM rate (2*size^3 FLOPs per multiply) on `device` with `threads`."""
     import torch

@@ -99,6 +99,13 @@ def measure_sgemm(threads: int, device: str, size: int) -> dict:
     return sgemm_gflops(threads, device, size)
 
 
+def measure_int8_gemm(threads: int, size: int) -> dict:
+    """Child: the machine's practical INT8 GEMM peak in ONNX Runtime on `threads` threads."""
+    from medk2n.benchmarks.machine import int8_gemm_gops
+
+    return int8_gemm_gops(threads, size)
+
+
 def measure_end_to_end(bundle: Path, backend: str, case_dir: Path, sources: list[str], targets: list[str],
                        threads: int, warm_feed: dict[str, np.ndarray], warmup: int) -> dict:
     """Child: one whole case through `run_cases` (read/preprocess/infer/postprocess/write), runner warmed first."""

@@ -36,7 +36,10 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     bundle = root / "b32"
     export_bundle(ExportOptions(checkpoint=checkpoint, out=bundle, k=2, n=4, calib=root / "data", calib_slices=2,
                                 batch="1:2:2"))
-    return {"checkpoint": checkpoint, "case": case, "bundle": bundle, "root": root}
+    int8 = root / "b32-int8"
+    export_bundle(ExportOptions(checkpoint=checkpoint, out=int8, k=2, n=4, calib=root / "data", calib_slices=2,
+                                batch="1:2:2", precision="int8"))
+    return {"checkpoint": checkpoint, "case": case, "bundle": bundle, "int8": int8, "root": root}
 
 
 def run(*args: object) -> Result:
@@ -49,6 +52,20 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert all(n in lines[0] for n in needles), lines[0]
     assert "Traceback" not in result.output
+
+
+def test_compute_floor_is_flops_over_the_peak_of_the_bundles_precision():
+    from medk2n.benchmarks.latency import add_compute_limit
+
+    peaks, int8_peak = {"cpu": {"gflops": 100.0}}, {"gops": 400.0}
+    fp32 = {"backend": "cpu (model.onnx, fp32)", "precision": "fp32", "slices_inferred": 50, "timings_s": {"infer": 4.0}}
+    int8 = {**fp32, "backend": "cpu (model.int8.onnx, int8)", "precision": "int8"}
+    add_compute_limit(fp32, 2.0, peaks, int8_peak)
+    add_compute_limit(int8, 2.0, peaks, int8_peak)
+    assert fp32["gflop"] == 100.0 and fp32["limit_s"] == pytest.approx(1.0) and fp32["infer_over_limit"] == pytest.approx(4.0)
+    assert int8["limit_s"] == pytest.approx(0.25) and int8["limit_peak"] == "int8 GEMM peak"
+    add_compute_limit(int8, 2.0, peaks, None)  # no INT8 peak measured: no floor rather than a wrong one
+    assert int8["limit_s"] is None and int8["infer_over_limit"] is None
 
 
 @pytest.mark.parametrize("text, expected", [("1,8", [1, 8]), (" 8, 1,1 ", [1, 8]), ("4", [4])])
@@ -80,7 +97,7 @@ def test_bad_inputs_fail_in_one_line(tiny, tmp_path):
 @pytest.mark.slow
 def test_small_real_run_writes_every_backend(tiny, tmp_path):
     out = tmp_path / "results"
-    result = run("--checkpoint", tiny["checkpoint"], "--bundles", tiny["bundle"], "--batch-sizes", "1,2",
+    result = run("--checkpoint", tiny["checkpoint"], "--bundles", tiny["bundle"], tiny["int8"], "--batch-sizes", "1,2",
                  "--threads", "1", "--warmup", "1", "--iters", "2", "--volume-case", tiny["case"], "--out", out)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["latency.json", "latency.md", "latency.png"]
@@ -113,7 +130,20 @@ def test_small_real_run_writes_every_backend(tiny, tmp_path):
     assert data["dynamic_targets"] and one["slices_inferred"] == e2e["slices_inferred"]
     assert set(one["timings_s"]) == set(e2e["timings_s"])
 
+    # A whole volume through each bundle, 2->4 and 2->1, beside its FLOPs at the measured peak.
+    volumes = data["volumes"]
+    assert [(v["bundle"], v["precision"], len(v["targets"])) for v in volumes] == [
+        ("b32", "fp32", 4), ("b32", "fp32", 1), ("b32-int8", "int8", 4), ("b32-int8", "int8", 1)]
+    assert data["int8_peak"]["gops"] > 0
+    for v in volumes:
+        assert v["limit_peak"] == ("int8 GEMM peak" if v["precision"] == "int8" else "cpu FP32 GEMM peak")
+        assert v["limit_s"] > 0 and math.isfinite(v["infer_over_limit"]) and v["infer_over_limit"] > 0
+    assert volumes[1]["gflop"] < volumes[0]["gflop"]  # one target is less work than four
+    assert volumes[0]["timings_s"] == e2e["timings_s"] and volumes[1]["timings_s"] == one["timings_s"]
+
     md = (out / "latency.md").read_text()
+    assert "## Whole volume through every bundle" in md and "| b32-int8 | int8 | 2→1 |" in md
+    assert "Measured CPU INT8 peak" in md
     assert "## One target vs all targets" in md and f"| 2→1 | {data['inputs']['targets'][0]} |" in md
     for backend in ALL_BACKENDS:
         assert f"| {backend} |" in md
