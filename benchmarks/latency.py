@@ -74,20 +74,20 @@ def run_latency(opts: LatencyOptions, progress: Callable[[str], None] = print) -
         else:
             int8_peak = None
         volumes = []
+        requests = [feed.targets] + ([feed.targets[:1]] if len(feed.targets) > 1 else [])
         for bundle in bundles:  # a whole volume through every bundle, all targets and the first alone
-            requests = [feed.targets] + ([feed.targets[:1]] if len(feed.targets) > 1 else [])
             for targets in requests:
                 progress(f"end to end: {case_dir.name} through {bundle.path}, {len(feed.sources)}→{len(targets)}")
                 raw = run_isolated(measure_end_to_end, bundle.path, "auto", Path(case_dir), feed.sources, targets,
                                    opts.threads, feed.feed, opts.warmup)
                 volumes.append({"bundle": bundle.path.name, "precision": bundle.manifest.precision,
                                 "targets": list(targets), **end_to_end_summary(raw)})
-    e2e = next(v for v in volumes if v["bundle"] == first.path.name and len(v["targets"]) == len(feed.targets))
-    one = next((v for v in volumes if v["bundle"] == first.path.name and len(v["targets"]) == 1
-                and len(feed.targets) > 1), None)
+    e2e, one = volumes[0], (volumes[1] if len(requests) > 1 else None)  # the first bundle's, in request order
     gflops = model_gflops(cfg, first)
     _add_ratios(rows, peaks, gflops)
-    per_request = {n: model_gflops(cfg, first, n) for n in {len(v["targets"]) for v in volumes}}
+    per_request = {first.n: gflops}  # each N's FLOPs once: model_summary builds and traces the model
+    for targets in requests:
+        per_request.setdefault(len(targets), model_gflops(cfg, first, len(targets)))
     for volume in volumes:
         add_compute_limit(volume, per_request[len(volume["targets"])], peaks, int8_peak)
     return {

@@ -90,11 +90,11 @@ def _volume_lines(results: dict) -> list[str]:
                    "infer / floor")), _row(("---",) * 9)]
     for v in volumes:
         total = sum(v["timings_s"].values())
+        gflop = f"{v['gflop']:.0f}" if v["gflop"] >= 10 else f"{v['gflop']:.2f}"
         floor = f"{v['limit_s']:.2f}" if v.get("limit_s") else "-"
         ratio = f"{v['infer_over_limit']:.1f}x" if v.get("infer_over_limit") else "-"
         lines.append(_row((v["bundle"], v["precision"], f"{len(sources)}→{len(v['targets'])}", v["slices_inferred"],
-                           f"{v['gflop']:.0f}" if v["gflop"] >= 10 else f"{v['gflop']:.2f}", f"{v['timings_s'].get('infer', 0.0):.3f}", f"{total:.3f}", floor,
-                           ratio)))
+                           gflop, f"{v['timings_s'].get('infer', 0.0):.3f}", f"{total:.3f}", floor, ratio)))
     return lines + [""]
 
 

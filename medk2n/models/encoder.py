@@ -24,6 +24,7 @@ from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from torch import nn
 
+from medk2n.config import ENCODER_WINDOWS
 from medk2n.errors import CheckpointError, ConfigError
 from medk2n.models.lora import apply_lora
 
@@ -101,12 +102,12 @@ class SliceEncoder(nn.Module):
         self.preset = preset
         self.modality_input = ModalityInput(num_modalities)
         trunk = Hiera(**ENCODER_PRESETS[preset].trunk)
+        if windows not in ENCODER_WINDOWS:
+            raise ConfigError(f"encoder windows must be one of {list(ENCODER_WINDOWS)}, got {windows!r}")
         if windows == "tile":
             if image_size is None:
                 raise ConfigError("encoder windows 'tile' need the image size the trunk will see")
             tile_windows(trunk, image_size)
-        elif windows != "sam2":
-            raise ConfigError(f"encoder windows must be 'tile' or 'sam2', got {windows!r}")
         if lora_rank > 0:
             apply_lora(trunk, lora_rank, lora_alpha)
         neck = FpnNeck(

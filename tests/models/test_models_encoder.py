@@ -39,13 +39,13 @@ def _padded_tokens(side: int, window: int) -> int:
 def test_tiled_windows_never_pad_more_than_sam2s_and_keep_their_count(size):
     from sam2.modeling.backbones.hieradet import Hiera
 
-    trunk = Hiera(**ENCODER_PRESETS["hiera_t"].trunk)
-    for side, sam2, tiled in tile_windows(trunk, size):
+    changes = tile_windows(Hiera(**ENCODER_PRESETS["hiera_t"].trunk), size)
+    for side, sam2, tiled in changes:
         assert tiled <= max(sam2, side + 1)
         assert math.ceil(side / tiled) == math.ceil(side / sam2)  # SAM2's windows per side
         assert _padded_tokens(side, tiled) <= _padded_tokens(side, sam2)
     if size in (64, 128, 256, 384):  # sizes whose maps split evenly: no padding at all
-        assert all(side % tiled == 0 for side, _, tiled in tile_windows(Hiera(**ENCODER_PRESETS["hiera_t"].trunk), size))
+        assert all(side % tiled == 0 for side, _, tiled in changes)
 
 
 def test_tiled_windows_at_256_remove_the_padding_of_stages_3_and_4():
