@@ -70,7 +70,7 @@ def _names(text: str) -> list[str]:
               help="Which model of the bundle to run [default: the manifest's precision].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Slices per model call [default: the bundle's optimal batch].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime [default: $OMP_NUM_THREADS if set, else one per physical core].")
 @click.option("--reference", default=None,
               help="Resample every source onto this modality's grid (outputs are written on it).")
 @click.option("--coverage", type=float, default=DEFAULT_COVERAGE, show_default=True,

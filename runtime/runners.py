@@ -10,6 +10,7 @@ TensorRT execution providers; `trt_plan.TrtPlanRunner` runs TensorRT plans.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,6 +20,23 @@ import numpy as np
 import onnxruntime as ort
 
 from medk2n.errors import BundleError, MedK2NError
+
+# Where a scheduler or a shared machine sets how many cores a job gets: SLURM, OpenMP and PyTorch all read it.
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def default_threads() -> int | None:
+    """ONNX Runtime's intra-op threads when none are asked for: `OMP_NUM_THREADS` if it holds a positive count.
+
+    Unset, ORT starts one spinning thread per physical core in every session. Two jobs on one machine,
+    a batch scheduler's slot, or test workers side by side then oversubscribe the cores, and spinning
+    threads that wait for a core slow every job down many times over (two 2-thread trainings on 2 cores
+    ran 20x slower each). PyTorch already honours the variable; the runtime does too. A nested-OpenMP
+    list ("4,2") gives its first level; anything else that is not a positive count is ignored, as
+    OpenMP ignores it."""
+    text = os.environ.get(THREADS_ENV, "").split(",")[0].strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
 
 # ONNX Runtime's type strings of the tensors a bundle exchanges, as numpy dtype names.
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
@@ -107,7 +125,7 @@ class OrtRunner(Runner):
         super().__init__(name)
         self.onnx_path = Path(onnx_path)
         self.requested = list(providers)
-        self.threads = threads
+        self.threads = threads if threads else default_threads()
         self.disabled_optimizers = list(disabled_optimizers)
         self._session: ort.InferenceSession | None = None
         self._output_names: list[str] = []

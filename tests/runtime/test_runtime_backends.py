@@ -20,7 +20,7 @@ from medk2n.runtime.backends import (
     tensorrt_ep_options,
 )
 from medk2n.runtime.bundle import load_bundle
-from medk2n.runtime.runners import OrtRunner
+from medk2n.runtime.runners import OrtRunner, default_threads
 from medk2n.runtime.trt_plan import TrtPlanRunner
 
 needs_no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
@@ -163,3 +163,24 @@ def test_two_onnxruntime_builds_installed_at_once_are_named_with_the_fix(monkeyp
     assert note.endswith("keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu")
     pretend({"onnxruntime"})
     assert backends.ort_conflict_note() is None
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), (" 2 ", 2), ("4,2", 4), ("0", None), ("-1", None),
+                                             ("abc", None), ("", None), (None, None)])
+def test_default_threads_reads_omp_num_threads(monkeypatch, value, expected) -> None:
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert default_threads() == expected
+
+
+@cpu_only
+def test_ort_runner_takes_its_threads_from_the_environment_unless_asked(bundle_dir: Path, monkeypatch) -> None:
+    """A job given one core (OMP_NUM_THREADS=1) must not start a spinning thread per core in its session."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner = OrtRunner(bundle_dir / "model.onnx", ["CPUExecutionProvider"], name="ort-cpu")
+    with runner:
+        assert runner._session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert OrtRunner(bundle_dir / "model.onnx", ["CPUExecutionProvider"], threads=2).threads == 2
