@@ -31,9 +31,9 @@ def default_threads() -> int | None:
     Unset, ORT starts one spinning thread per physical core in every session. Two jobs on one machine,
     a batch scheduler's slot, or test workers side by side then oversubscribe the cores, and spinning
     threads that wait for a core slow every job down many times over (two 2-thread trainings on 2 cores
-    ran 20x slower each). PyTorch already honours the variable; the runtime does too. A nested-OpenMP
-    list ("4,2") gives its first level; anything else that is not a positive count is ignored, as
-    OpenMP ignores it."""
+    took 8.7-9.0 s a step each, against 0.6 s with one thread each). PyTorch already honours the
+    variable; the runtime does too. A nested-OpenMP list ("4,2") gives its first level; anything else
+    that is not a positive count is ignored, as OpenMP ignores it."""
     text = os.environ.get(THREADS_ENV, "").split(",")[0].strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
 

@@ -2,7 +2,7 @@
 
 `make test` runs one worker per core. Left alone, every worker's PyTorch and ONNX Runtime start one
 thread per core, so W workers run W x cores spinning threads on the cores: each waits on threads
-that have no core (two 2-thread trainings on 2 cores ran 20x slower each). Each worker gets
+that have no core (two 2-thread training processes on 2 cores took 15x longer a step each). Each worker gets
 cores / workers threads through OMP_NUM_THREADS, which PyTorch, the runtime (runners.default_threads)
 and every subprocess a test starts (the CLIs, the Triton server) read.
 """
