@@ -17,7 +17,7 @@ import torch
 from medk2n.errors import ExportError
 from medk2n.export.calibration import SampleSet, iter_batches
 from medk2n.export.spec import OUTPUT_NAMES, SOURCE_CHECK
-from medk2n.runtime.runners import default_threads
+from medk2n.runtime.runners import session_options
 
 # ONNX FP32 vs PyTorch, images in [0, 1] and the scale (an expected error, mostly < 0.5): at most FP32_MAX_OUTLIERS of the
 # voxels may differ by more than FP32_MAX_ABS. Not a plain max: the heads pick, per voxel, the
@@ -61,12 +61,7 @@ def run_torch(model: torch.nn.Module, samples: SampleSet, batch: int) -> Outputs
 
 def onnx_session(path: Path) -> ort.InferenceSession:
     """A CPU session: parity is judged on the reference provider, the same on every machine."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    threads = default_threads()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def run_onnx(path: Path, samples: SampleSet, batch: int) -> Outputs:

@@ -38,6 +38,17 @@ def default_threads() -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options every medk2n ONNX Runtime session starts from: errors only in the log (warnings would drown the
+    one-line CLI output), and `threads` intra-op threads, else `default_threads()`, else ORT's own default."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    threads = threads or default_threads()
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
 # ONNX Runtime's type strings of the tensors a bundle exchanges, as numpy dtype names.
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16"}
 
@@ -125,18 +136,15 @@ class OrtRunner(Runner):
         super().__init__(name)
         self.onnx_path = Path(onnx_path)
         self.requested = list(providers)
-        self.threads = threads if threads else default_threads()
+        self.threads = threads
         self.disabled_optimizers = list(disabled_optimizers)
         self._session: ort.InferenceSession | None = None
         self._output_names: list[str] = []
         self._use_binding = False
 
     def _activate(self) -> None:
-        options = ort.SessionOptions()
+        options = session_options(self.threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: warnings would drown the one-line CLI output
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         try:
             session = ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=self.requested,
                                            disabled_optimizers=self.disabled_optimizers or None)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 import sys
 
-
-def worker_threads(cores: int | None, workers: int) -> int:
-    return max(1, (cores or 1) // max(1, workers))
+from medk2n.runtime.runners import THREADS_ENV
 
 
 def pytest_configure(config) -> None:
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
-    if not workers.isdigit() or int(workers) < 2 or "OMP_NUM_THREADS" in os.environ:
+    if not workers.isdigit() or int(workers) < 2 or THREADS_ENV in os.environ:
         return  # one process, or the caller chose the threads
-    threads = worker_threads(os.cpu_count(), int(workers))
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ[THREADS_ENV] = str(threads)
     if "torch" in sys.modules:  # imported before this ran (a plugin): it has read the variable already
         sys.modules["torch"].set_num_threads(threads)
