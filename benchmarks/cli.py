@@ -107,7 +107,8 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder to split and train on (or --trained).")
 @click.option("--task", default="flair,adc->dwi,t2,t1,pd", show_default=True, help="SOURCES->TARGETS (two sources).")
 @click.option("--corrupt", "source", default=None,
               help="Source(s) degraded at test time, comma-separated [default: the task's last]. Several train the "
@@ -122,17 +123,24 @@ def quality(data: Path, budget_minutes: float, preset: str, methods: str | None,
 @click.option("--steps", default=None,
               help="Fixed step budget instead of --budget-minutes: N, or METHOD=N,... per method (e.g. the steps "
                    "each reached in a wall-clock run on an idle machine), so a loaded machine gives the same result.")
+@click.option("--trained", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Score the checkpoints a `medk2n-bench quality --work DIR` run kept, on its own test subjects, "
+                   "instead of --data and training (the run's split, seed and steps apply).")
 @debug_option
 def robustness(data: Path, task: str, source: str | None, methods: str, budget_minutes: float, preset: str,
-               seed: int, device: str, out: Path, tag: str | None, steps: str | None, debug: bool) -> None:
+               seed: int, device: str, out: Path, tag: str | None, steps: str | None, trained: Path | None,
+               debug: bool) -> None:
     """Train each method alike, then score it with one source degraded (noise, ghosting, wrong contrast)."""
 
     def body() -> int:
         from medk2n.benchmarks.robustness import markdown, run_robustness
+        from medk2n.errors import ConfigError
 
         names = [m.strip() for m in methods.split(",") if m.strip()]
+        if (data is None) == (trained is None):
+            raise ConfigError("give either --data (split it and train) or --trained (score a kept quality run)")
         results = run_robustness(data, out, task, source, names, budget_minutes, preset, seed, device=device,
-                                 progress=_progress, tag=tag, steps=steps)
+                                 progress=_progress, tag=tag, steps=steps, trained=trained)
         for one in results.values():
             click.echo(markdown(one))
         return 0

@@ -257,6 +257,47 @@ def _link_case(case: Case, part_dir: Path) -> None:
         os.symlink(Path(path).resolve(), folder / f"{stem}{suffix}")
 
 
+def kept_split(work: Path) -> dict:
+    """The split a `medk2n-bench quality --work WORK` run kept (WORK/split/{train,test}), as split_dataset
+    returns it: a later benchmark scores the run's checkpoints on exactly the subjects it held out."""
+    work = Path(work)
+    parts = {part: work / "split" / part for part in ("train", "test")}
+    for folder in parts.values():
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise ConfigError(f"{work}: not a kept quality run (no subjects in {folder}); "
+                              "give the --work folder of `medk2n-bench quality`")
+    names = {part: sorted(p.name for p in folder.iterdir() if p.is_dir()) for part, folder in parts.items()}
+    return {**names, "excluded": [], "train_dir": parts["train"], "test_dir": parts["test"]}
+
+
+def kept_run(work: Path, method: str, split: dict) -> dict:
+    """The run record (as train_within_budget returns it) of the checkpoint a kept quality run trained for
+    `method`; refuses a checkpoint whose training or validation subjects include a test subject (a leak)."""
+    from medk2n.train.checkpoint import read_checkpoint_config
+
+    checkpoint = Path(work) / "runs" / method / "checkpoints" / "best"
+    if not (checkpoint / "model.safetensors").is_file():
+        raise ConfigError(f"{checkpoint}: no {method} checkpoint in the kept run; train it with "
+                          f"`medk2n-bench quality --methods {method} --work ...`")
+    cfg, training = read_checkpoint_config(checkpoint)
+    expected = "unet" if method == "unet" else "medk2n"
+    if cfg.model.arch != expected or (expected == "medk2n" and cfg.model.ablation != method):
+        raise ConfigError(f"{checkpoint}: holds {cfg.model.arch} {cfg.model.ablation}, not {method}")
+    seen = training.get("subjects", {})
+    leaked = sorted(set(split["test"]) & set(seen.get("train", []) + seen.get("validation", [])))
+    if leaked:
+        raise DataError(f"{checkpoint}: trained on test subject(s) {', '.join(leaked)} of {split['test_dir']}")
+    steps = training.get("max_steps") if training.get("schedule") == "steps" else _last_logged_step(checkpoint)
+    return {"steps": steps, "seed": cfg.train.seed, "checkpoint": checkpoint, "kept": True}
+
+
+def _last_logged_step(checkpoint: Path) -> int | None:
+    """Steps a wall-clock run reached (its best checkpoint records only the step it was saved at)."""
+    log = checkpoint.parent.parent / "logs" / "train.csv"
+    rows = log.read_text().split() if log.is_file() else []
+    return int(rows[-1].split(",", 1)[0]) if len(rows) > 1 else None
+
+
 # --- training ------------------------------------------------------------------------------------------------
 
 

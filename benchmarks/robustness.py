@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, method_config, parse_step_budget, parse_task,
-                                       split_dataset, train_within_budget)
+from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, kept_run, kept_split, method_config,
+                                       parse_step_budget, parse_task, split_dataset, train_within_budget)
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
@@ -84,21 +84,36 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
                    methods: Sequence[str] = DEFAULT_METHODS, budget_minutes: float = 5.0, preset: str = "tiny",
                    seed: int = 0, test_fraction: float = 0.3, device: str = "cpu",
                    progress: Callable[[str], None] = lambda _: None, tag: str | None = None,
-                   steps: str | None = None, overrides: dict | None = None) -> dict:
+                   steps: str | None = None, overrides: dict | None = None, trained: Path | None = None) -> dict:
     """Train each method, score it clean and with each of `source` degraded; write robustness[-tag].{json,md}.
 
     `source` may name several of the task's sources: the methods train once and each source gets
     its own result files, robustness[-tag]-<source>.* (one source keeps robustness[-tag].*). Returns
     {source: results}.
     `steps` ("N" or "METHOD=N,...") trains fixed step counts instead of `budget_minutes` of wall clock;
-    `overrides` apply to every method's config (e.g. a smaller image for tests)."""
+    `overrides` apply to every method's config (e.g. a smaller image for tests).
+    `trained`: the --work folder of a `medk2n-bench quality` run; its checkpoints are scored on its own test
+    subjects instead of training anew (so the models of a quality table are the ones scored here), and the
+    run's seed and steps replace `seed`, `steps` and `budget_minutes` (`data` and `preset` are not used)."""
     stem = result_stem(tag, "robustness")  # a bad tag fails before minutes of training
-    step_budget = parse_step_budget(steps, methods)
     task = parse_task(task_text)
     sources = _corrupted_sources(source, task)
+    if trained is not None:
+        if steps or overrides:
+            raise ConfigError("--trained scores a kept run's checkpoints: --steps and overrides do not apply")
+        split = kept_split(trained)
+        kept = {method: kept_run(trained, method, split) for method in methods}
+        seeds = {run["seed"] for run in kept.values()}
+        if len(seeds) != 1:
+            raise ConfigError(f"{trained}: its methods trained with different seeds ({sorted(seeds)})")
+        seed, preset = seeds.pop(), f"kept run {Path(trained).name}"
+        step_budget = {method: run["steps"] for method, run in kept.items()}
+    else:
+        step_budget = parse_step_budget(steps, methods)
     with tempfile.TemporaryDirectory(prefix="medk2n-robustness-") as tmp:
         work = Path(tmp)
-        split = split_dataset(Path(data), work / "split", [task], test_fraction, seed)
+        if trained is None:
+            split = split_dataset(Path(data), work / "split", [task], test_fraction, seed)
         progress(f"split: {len(split['train'])} training subjects, {len(split['test'])} test subjects")
         test_sets = {(name, kind): corrupted_test_set(split["test_dir"], work / "corrupt" / name, task, name, kind,
                                                       seed)
@@ -107,10 +122,13 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
         checks: dict[str, dict[str, dict]] = {name: {} for name in sources}
         runs, fits = {}, {}  # fits: method -> the check thresholds an export would fit (its validation subjects)
         for method in methods:
-            cfg = method_config(preset, method, seed, overrides)
-            runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * budget_minutes,
-                                               device, steps=(step_budget or {}).get(method),
-                                               progress=lambda text: progress(f"{method}: {text}"))
+            if trained is not None:
+                runs[method] = kept[method]
+            else:
+                cfg = method_config(preset, method, seed, overrides)
+                runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
+                                                   60.0 * budget_minutes, device, steps=(step_budget or {}).get(method),
+                                                   progress=lambda text: progress(f"{method}: {text}"))
             progress(f"{method}: {runs[method]['steps']} steps; evaluating clean, degraded and without "
                      + ", ".join(sources))
             clean, _ = evaluate_checkpoint(runs[method]["checkpoint"], [task], split, device, references=False)
@@ -149,7 +167,7 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
         results["check_thresholds"] = fits
         results.update(settings={"task": task.key, "corrupted_source": name, "methods": list(methods),
                                  "budget_minutes": None if step_budget else budget_minutes, "steps": step_budget,
-                                 "preset": preset, "seed": seed,
+                                 "preset": preset, "seed": seed, "trained": None if trained is None else str(trained),
                                  "noise_fraction": VOLUME_NOISE_FRACTION, "ghost_every": VOLUME_GHOST_EVERY},
                        split={k: v for k, v in split.items() if k in ("train", "test")}, machine=machine_stamp())
         write_outputs(results, Path(out), stem if len(sources) == 1 else f"{stem}-{name}")
@@ -204,7 +222,8 @@ def markdown(results: dict) -> str:
     s = results["settings"]
     kinds = _kinds(next(iter(results["methods"].values()), {}))
     lines = [f"### Robustness: {s['task']} with `{s['corrupted_source']}` degraded at test time", "",
-             f"Preset `{s['preset']}`, {_budget_text(s)}, seed {s['seed']}; "
+             (f"The checkpoints a `medk2n-bench quality` run kept in `{Path(s['trained']).name}/`"
+              if s.get("trained") else f"Preset `{s['preset']}`") + f", {_budget_text(s)}, seed {s['seed']}; "
              f"{len(results['split']['test'])} test subjects. Masked PSNR (dB, mean over the task's targets): "
              "clean, and the drop (clean minus degraded; smaller is more robust), mean ± sd over subjects."
              + (f" `absent`: the task without `{s['corrupted_source']}` (clean data), the drop of a method that "

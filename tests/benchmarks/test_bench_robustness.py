@@ -11,7 +11,7 @@ from medk2n.benchmarks.quality import Task
 from medk2n.benchmarks.robustness import (ABSENT, CORRUPTIONS, EXCLUDING, KINDS, _corrupted_sources, drops, markdown,
                                           run_robustness, summarise, without_source)
 from medk2n.benchmarks.source_check import auc
-from medk2n.errors import ConfigError
+from medk2n.errors import ConfigError, DataError
 
 
 def _rows(scores: dict[str, float], targets=("dwi", "t2")) -> list[dict]:
@@ -122,3 +122,56 @@ def test_auc_counts_how_often_a_clean_slice_outscores_a_degraded_one():
     assert auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     assert auc(np.array([0.1]), np.array([0.9])) == 0.0
     assert auc(np.array([0.5, 0.9]), np.array([0.5, 0.1])) == pytest.approx(0.875)  # one tie, counted half
+
+
+@pytest.mark.slow
+def test_a_kept_quality_run_is_scored_as_it_was_trained_and_a_leak_is_refused(phantom, tmp_path):
+    """--trained scores the very checkpoints of a quality table, on its own test subjects: the clean column
+    repeats the quality run's scores subject by subject, and no training happens."""
+    from medk2n.benchmarks.quality import run_quality
+    from medk2n.benchmarks.stats import per_subject
+
+    work = tmp_path / "work"
+    quality = run_quality(phantom, 0.05, tmp_path / "q", seed=3, progress=lambda _: None, methods=["B5", "unet"],
+                          tasks=["flair,adc->dwi"], test_fraction=0.25, export_precisions=(),
+                          overrides={"model": {"image_size": 32}, "train": {"batch_size": 4}}, steps="B5=4,unet=5",
+                          work=work)
+    out = tmp_path / "results"
+    every = run_robustness(None, out, "flair,adc->dwi", "adc", ["B5", "unet"], trained=work, tag="kept")
+    results = every["adc"]
+    assert results["split"]["test"] == quality["split"]["test"]
+    assert results["settings"]["seed"] == 3 and results["settings"]["steps"] == {"B5": 4, "unet": 5}
+    assert results["settings"]["trained"] == str(work)
+    for method in ("B5", "unet"):
+        mine = [r for r in quality["rows"] if r["method"] == method]
+        expected = per_subject(mine, "masked_psnr", ["dwi"])
+        assert results["methods"][method]["clean"]["mean"] == pytest.approx(np.mean(list(expected.values())))
+    assert "run kept in `work/`" in (out / "robustness-kept.md").read_text()
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["B5", "unet"]  # nothing trained, nothing added
+
+    # A checkpoint that saw a test subject in training is refused before anything is scored.
+    config = work / "runs" / "unet" / "checkpoints" / "best" / "config.json"
+    doc = json.loads(config.read_text())
+    doc["training"]["subjects"]["train"].append(quality["split"]["test"][0])
+    config.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="trained on test subject"):
+        run_robustness(None, tmp_path / "leak", "flair,adc->dwi", "adc", ["unet"], trained=work)
+    with pytest.raises(ConfigError, match="no B0 checkpoint"):
+        run_robustness(None, tmp_path / "none", "flair,adc->dwi", "adc", ["B0"], trained=work)
+    assert not (tmp_path / "leak").exists() and not (tmp_path / "none").exists()
+
+
+def test_the_cli_wants_data_or_a_kept_run_and_says_so_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from medk2n.benchmarks.cli import cli
+
+    for extra in ([], ["--data", str(tmp_path), "--trained", str(tmp_path)]):
+        result = CliRunner().invoke(cli, ["robustness", "--out", str(tmp_path / "out"), *extra])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and "--trained" in lines[0], result.stderr
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+    result = CliRunner().invoke(cli, ["robustness", "--trained", str(tmp_path / "missing"), "--out",
+                                      str(tmp_path / "out")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "not a kept quality run" in lines[0], result.stderr
