@@ -73,7 +73,8 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
 
 
 @cli.command()
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Dataset folder.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder to split and train on (or --trained).")
 @click.option("--budget-minutes", type=float, default=30.0, show_default=True, help="Training budget per model.")
 @click.option("--preset", default="tiny", show_default=True,
               help="Model preset to train and compare, or a YAML recipe over one (e.g. configs/demo.yaml).")
@@ -89,17 +90,25 @@ def latency(checkpoint: Path, bundles: tuple[Path, ...], more_bundles: tuple[Pat
 @click.option("--work", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Keep the split, checkpoints and bundles in this new or empty folder (to re-score them later) "
                    "[default: a temporary folder, removed at the end].")
+@click.option("--trained", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Score the checkpoints an earlier --work folder kept, on its own split, instead of --data and "
+                   "training (the run's seed and steps apply; B5 is exported to a temporary folder).")
 @debug_option
-def quality(data: Path, budget_minutes: float, preset: str, methods: str | None, seed: int, device: str, out: Path,
-            tag: str | None, steps: str | None, work: Path | None, debug: bool) -> None:
+def quality(data: Path | None, budget_minutes: float, preset: str, methods: str | None, seed: int, device: str,
+            out: Path, tag: str | None, steps: str | None, work: Path | None, trained: Path | None,
+            debug: bool) -> None:
     """PSNR / SSIM / MAE of Med-K2N, its ablations and baselines, with Wilcoxon p-values."""
 
     def body() -> int:
-        from medk2n.benchmarks.quality import METHODS, run_quality
+        from medk2n.benchmarks.quality import METHODS, kept_methods, run_quality
+        from medk2n.errors import ConfigError
 
-        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else list(METHODS)
+        if (data is None) == (trained is None):
+            raise ConfigError("give either --data (split it and train) or --trained (score a kept --work folder)")
+        every = kept_methods(trained) if trained is not None else list(METHODS)
+        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else every
         run_quality(data, budget_minutes, out, preset=preset, seed=seed, progress=_progress, device=device, tag=tag,
-                    methods=chosen, steps=steps, work=work)
+                    methods=chosen, steps=steps, work=work, trained=trained)
         click.echo(f"wrote quality results to {out}")
         return 0
 

@@ -79,9 +79,10 @@ class Plan:
     overrides: dict
     device: str
     steps: dict | None = None  # {method: steps}: a fixed step budget instead of budget_minutes
+    trained: str | None = None  # the kept run whose checkpoints are scored instead of training
 
     def settings(self) -> dict:
-        return {"preset": self.preset, "seed": self.seed, "steps": self.steps,
+        return {"preset": self.preset, "seed": self.seed, "steps": self.steps, "trained": self.trained,
                 "budget_minutes": None if self.steps else self.budget_minutes,
                 "methods": list(self.methods), "test_fraction": self.test_fraction,
                 "export_precisions": list(self.precisions), "overrides": self.overrides, "device": self.device}
@@ -104,6 +105,7 @@ def run_quality(
     work: Path | None = None,
     tag: str | None = None,
     steps: str | None = None,
+    trained: Path | None = None,
 ) -> dict:
     """Train, evaluate and export as the module docstring says; write quality.{json,md,png} to `out`.
 
@@ -115,9 +117,16 @@ def run_quality(
     removed at the end).
     tag: write quality-<tag>.* instead (e.g. a GPU run beside the CPU one).
     steps: "N" or "METHOD=N,...": train fixed step counts instead of budget_minutes of wall clock.
+    trained: the `work` folder of an earlier run; its checkpoints of `methods` are scored (and B5 exported)
+    on its own split instead of training (a new metric, or methods of two runs made with the same split,
+    seed and steps, gathered in one folder); its seed and steps replace `seed` and `steps`, and `data`,
+    `preset` and `overrides` are not used.
     Returns the results dict that quality.json holds.
     """
     stem = result_stem(tag, "quality")  # a bad tag fails before minutes of training
+    if trained is not None:
+        return _rescore(Path(trained), Path(out), stem, methods, tasks, export_precisions,
+                        device, progress, steps, overrides, work)
     plan = Plan(preset, seed, budget_minutes, tuple(_check_methods(methods)),
                 tuple(parse_task(t) if isinstance(t, str) else t for t in tasks), test_fraction,
                 tuple(export_precisions), dict(overrides or {}), device, parse_step_budget(steps, methods))
@@ -135,16 +144,39 @@ def run_quality(
         return _run(plan, Path(data), Path(out), Path(tmp), progress, stem)
 
 
-def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str], None], stem: str) -> dict:
-    split = split_dataset(data, work / "split", plan.tasks, plan.test_fraction, plan.seed)
+def _rescore(trained: Path, out: Path, stem: str, methods: Sequence[str], tasks, precisions, device: str,
+             progress: Callable[[str], None], steps: str | None, overrides: dict | None, work: Path | None) -> dict:
+    """run_quality(trained=...): the kept checkpoints scored as a new run would score them."""
+    if steps or overrides or work is not None:
+        raise ConfigError("--trained scores a kept run's checkpoints: --steps, --work and overrides do not apply")
+    split, kept, seed = kept_runs(trained, methods)
+    plan = Plan(f"kept run {trained.name}", seed, 0.0, tuple(kept),
+                tuple(parse_task(t) if isinstance(t, str) else t for t in tasks), 0.0, tuple(precisions), {}, device,
+                {m: run["steps"] for m, run in kept.items()}, str(trained))
+    bad = [p for p in plan.precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"export precision {bad[0]!r}: choose from {', '.join(PRECISIONS)}")
+    with tempfile.TemporaryDirectory(prefix="medk2n-quality-") as tmp:  # bundles; the kept run is only read
+        return _run(plan, trained, out, Path(tmp), progress, stem, split=split, kept=kept)
+
+
+def _run(plan: Plan, data: Path, out: Path, work: Path, progress: Callable[[str], None], stem: str,
+         split: dict | None = None, kept: dict | None = None) -> dict:
+    if split is None:
+        split = split_dataset(data, work / "split", plan.tasks, plan.test_fraction, plan.seed)
     progress(f"split: {len(split['train'])} training subjects, {len(split['test'])} test subjects")
-    _warm_text_embeddings(method_config(plan.preset, plan.methods[0], plan.seed, plan.overrides), plan.methods)
+    if kept is None:
+        _warm_text_embeddings(method_config(plan.preset, plan.methods[0], plan.seed, plan.overrides), plan.methods)
     rows, runs, examples = [], {}, {}
     for method in plan.methods:
-        cfg = method_config(plan.preset, method, plan.seed, plan.overrides)
-        runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method, 60.0 * plan.budget_minutes,
-                                           plan.device, steps=(plan.steps or {}).get(method),
-                                           progress=lambda text: progress(f"{method}: {text}"))
+        if kept is not None:
+            runs[method] = dict(kept[method])
+        else:
+            cfg = method_config(plan.preset, method, plan.seed, plan.overrides)
+            runs[method] = train_within_budget(cfg, split["train_dir"], work / "runs" / method,
+                                               60.0 * plan.budget_minutes, plan.device,
+                                               steps=(plan.steps or {}).get(method),
+                                               progress=lambda text: progress(f"{method}: {text}"))
         progress(f"{method}: {runs[method]['steps']} steps; evaluating")
         start = time.perf_counter()
         method_rows, examples[method] = evaluate_checkpoint(
@@ -270,6 +302,16 @@ def kept_split(work: Path) -> dict:
     return {**names, "excluded": [], "train_dir": parts["train"], "test_dir": parts["test"]}
 
 
+def kept_runs(work: Path, methods: Sequence[str]) -> tuple[dict, dict[str, dict], int]:
+    """The split, the run records of `methods` and their common seed, from a kept run (kept_split, kept_run)."""
+    split = kept_split(work)
+    kept = {method: kept_run(work, method, split) for method in _check_methods(methods)}
+    seeds = {run["seed"] for run in kept.values()}
+    if len(seeds) != 1:
+        raise ConfigError(f"{work}: its methods trained with different seeds ({sorted(seeds)})")
+    return split, kept, seeds.pop()
+
+
 def kept_run(work: Path, method: str, split: dict) -> dict:
     """The run record (as train_within_budget returns it) of the checkpoint a kept quality run trained for
     `method`; refuses a checkpoint whose training or validation subjects include a test subject (a leak)."""
@@ -287,15 +329,24 @@ def kept_run(work: Path, method: str, split: dict) -> dict:
     leaked = sorted(set(split["test"]) & set(seen.get("train", []) + seen.get("validation", [])))
     if leaked:
         raise DataError(f"{checkpoint}: trained on test subject(s) {', '.join(leaked)} of {split['test_dir']}")
-    steps = training.get("max_steps") if training.get("schedule") == "steps" else _last_logged_step(checkpoint)
-    return {"steps": steps, "seed": cfg.train.seed, "checkpoint": checkpoint, "kept": True}
+    last = _last_logged_row(checkpoint)
+    steps = training.get("max_steps") if training.get("schedule") == "steps" else last.get("step")
+    return {"steps": None if steps is None else int(steps), "seed": cfg.train.seed, "checkpoint": checkpoint,
+            "kept": True, "best_val_masked_psnr": training.get("val", {}).get("masked_psnr"),
+            "last_lr": float(last["lr"]) if "lr" in last else None}
 
 
-def _last_logged_step(checkpoint: Path) -> int | None:
-    """Steps a wall-clock run reached (its best checkpoint records only the step it was saved at)."""
+def _last_logged_row(checkpoint: Path) -> dict[str, str]:
+    """The last row of the run's training log: the steps a wall-clock run reached (its best checkpoint records
+    only the step it was saved at) and its last learning rate."""
     log = checkpoint.parent.parent / "logs" / "train.csv"
     rows = log.read_text().split() if log.is_file() else []
-    return int(rows[-1].split(",", 1)[0]) if len(rows) > 1 else None
+    return dict(zip(rows[0].split(","), rows[-1].split(","))) if len(rows) > 1 else {}
+
+
+def kept_methods(work: Path) -> list[str]:
+    """The methods whose checkpoints a kept run holds, in table order."""
+    return [m for m in METHODS if (Path(work) / "runs" / m / "checkpoints" / "best").is_dir()]
 
 
 # --- training ------------------------------------------------------------------------------------------------

@@ -240,10 +240,10 @@ def _runs_table(results: dict) -> list[str]:
              "| eval s | best val mPSNR |",
              "|---|---|---|---|---|---|---|---|"]
     for name, run in results["methods"].items():
-        best, lr, stages = run.get("best_val_masked_psnr"), run.get("last_lr"), run.get("stage_steps", {})
-        cells = [run["steps"], run.get("step_seconds", "–"),
-                 " / ".join(str(stages.get(stage, 0)) for stage in ("1to1", "kto1", "1ton", "kton")),
-                 "–" if lr is None else f"{lr:.1e}", run["train_seconds"],
+        best, lr, stages = run.get("best_val_masked_psnr"), run.get("last_lr"), run.get("stage_steps")
+        cells = [run["steps"], run.get("step_seconds", "–"),  # "–": a kept run's times are in its own report
+                 " / ".join(str(stages.get(stage, 0)) for stage in ("1to1", "kto1", "1ton", "kton")) if stages else "–",
+                 "–" if lr is None else f"{lr:.1e}", run.get("train_seconds", "–"),
                  run.get("eval_seconds", "–"), "–" if best is None else f"{best:.2f}"]
         lines.append(f"| {_label(name)} | " + " | ".join(str(c) for c in cells) + " |")
     return lines

@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, kept_run, kept_split, method_config,
-                                       parse_step_budget, parse_task, split_dataset, train_within_budget)
+from medk2n.benchmarks.quality import (Task, evaluate_checkpoint, kept_runs, method_config, parse_step_budget,
+                                       parse_task, split_dataset, train_within_budget)
 from medk2n.benchmarks.stats import format_mean_sd, format_p, mean_sd, paired, per_subject, wilcoxon_signed_rank
 from medk2n.benchmarks.latency_report import result_stem
 from medk2n.benchmarks.machine import machine_stamp
@@ -101,12 +101,8 @@ def run_robustness(data: Path, out: Path, task_text: str = DEFAULT_TASK,
     if trained is not None:
         if steps or overrides:
             raise ConfigError("--trained scores a kept run's checkpoints: --steps and overrides do not apply")
-        split = kept_split(trained)
-        kept = {method: kept_run(trained, method, split) for method in methods}
-        seeds = {run["seed"] for run in kept.values()}
-        if len(seeds) != 1:
-            raise ConfigError(f"{trained}: its methods trained with different seeds ({sorted(seeds)})")
-        seed, preset = seeds.pop(), f"kept run {Path(trained).name}"
+        split, kept, seed = kept_runs(trained, methods)
+        preset = f"kept run {Path(trained).name}"
         step_budget = {method: run["steps"] for method, run in kept.items()}
     else:
         step_budget = parse_step_budget(steps, methods)

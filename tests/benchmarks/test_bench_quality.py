@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from medk2n.benchmarks.cli import cli
-from medk2n.benchmarks.quality import DEFAULT_TASKS, Task, method_config, parse_task, run_quality, split_dataset
+from medk2n.benchmarks.quality import (DEFAULT_TASKS, Task, kept_methods, method_config, parse_task, run_quality,
+                                       split_dataset)
 from medk2n.benchmarks.quality_report import ALL, assemble, markdown
 from medk2n.errors import ConfigError, DataError
 
@@ -161,6 +162,22 @@ def test_tiny_run_writes_every_output_with_finite_numbers(phantom, tmp_path):
         assert (tmp_path / "work" / "runs" / method / "checkpoints" / "best" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "work" / "split" / "test").iterdir()) == results["split"]["test"]
 
+    # --trained re-scores those checkpoints on their own split without training, and writes nothing into the
+    # kept folder: every score repeats, subject by subject.
+    kept_files = sorted(str(p) for p in (tmp_path / "work").rglob("*"))
+    again = run_quality(None, 0.05, tmp_path / "again", progress=lambda _: None, tasks=["flair->adc,dwi"],
+                        export_precisions=("fp32",), methods=kept_methods(tmp_path / "work"), trained=tmp_path / "work")
+    assert sorted(str(p) for p in (tmp_path / "work").rglob("*")) == kept_files
+    assert again["settings"]["steps"] == {"B5": 6, "unet": 9} and again["settings"]["trained"] == str(tmp_path / "work")
+    assert again["settings"]["seed"] == 0 and again["split"]["test"] == results["split"]["test"]
+
+    def scores(res: dict) -> dict:
+        return {(r["method"], r["case"], r["target"]): r["masked_psnr"] for r in res["rows"]}
+
+    assert scores(again) == pytest.approx(scores(results))
+    assert again["methods"]["B5"]["best_val_masked_psnr"] == pytest.approx(results["methods"]["B5"]["best_val_masked_psnr"])
+    assert "preset kept run work" in (tmp_path / "again" / "quality.md").read_text()
+
 
 def test_a_kept_work_folder_is_never_reused(phantom, tmp_path):
     work = tmp_path / "work"
@@ -169,6 +186,15 @@ def test_a_kept_work_folder_is_never_reused(phantom, tmp_path):
     with pytest.raises(ConfigError, match="work folder must be new or empty"):
         run_quality(phantom, 0.05, tmp_path / "out", progress=lambda _: None, methods=["unet"], work=work)
     assert not (tmp_path / "out").exists() and sorted(p.name for p in work.iterdir()) == ["runs"]
+
+
+def test_cli_wants_data_or_a_kept_run_and_says_so_in_one_line(tmp_path):
+    for extra in ([], ["--data", str(tmp_path), "--trained", str(tmp_path)], ["--trained", str(tmp_path / "none")]):
+        result = CliRunner().invoke(cli, ["quality", "--out", str(tmp_path / "out"), *extra])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert ("--trained" in lines[0] if len(extra) != 2 else "not a kept quality run" in lines[0]), lines[0]
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
 def test_cli_refuses_a_used_work_folder_in_one_line(phantom, tmp_path):
